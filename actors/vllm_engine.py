@@ -1,0 +1,203 @@
+"""One vLLM engine serving Qwen2-VL with images, plus weight reload.
+
+Plain Python (no Ray) so it can be used directly by benchmarks and tests; the
+rollout actor is a thin shell around it.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+log = logging.getLogger(__name__)
+
+WORKER_EXTENSION = "actors.vllm_worker_ext.MedR1WorkerExtension"
+
+
+@dataclass
+class Completion:
+    token_ids: list[int]
+    text: str
+    logprobs: list[float]  # sampling log-prob of each generated token
+    finish_reason: str
+
+
+@dataclass
+class PromptResult:
+    """All completions for one prompt, or why there are none."""
+
+    prompt_id: str
+    completions: list[Completion] = field(default_factory=list)
+    prompt_token_ids: list[int] = field(default_factory=list)
+    error: Optional[str] = None
+
+
+def cpu_engine_env(cores: Optional[str] = None) -> dict[str, str]:
+    """Environment for vLLM on CPU: compute on every given core, run the engine in-process.
+
+    vLLM CPU reserves a core for itself by default and spawns an engine process and a
+    worker process (~40 s of imports each on 2 cores); in-process with the "uni"
+    executor it starts in about a third of the time.
+    """
+    env = {
+        "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    }
+    if cores:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = cores
+    return env
+
+
+def decode_image(image: Any, max_pixels: Optional[int] = None):
+    """PNG/JPEG bytes or a PIL image -> RGB PIL image; raises ValueError with the reason."""
+    from PIL import Image
+
+    try:
+        img = image if isinstance(image, Image.Image) else Image.open(io.BytesIO(image))
+        img = img.convert("RGB")
+    except Exception as e:  # PIL raises many types; the caller only needs the reason
+        reason = "not a recognised image format" if type(e).__name__ == "UnidentifiedImageError" else str(e)
+        raise ValueError(f"image cannot be decoded ({type(e).__name__}: {reason})") from None
+    if img.width < 1 or img.height < 1:
+        raise ValueError(f"image has an empty size {img.size}")
+    if max_pixels and img.width * img.height > 64 * max_pixels:
+        # The processor resizes to max_pixels anyway; refuse absurd inputs before they cost memory.
+        raise ValueError(f"image {img.size} is more than 64x max_pixels={max_pixels}")
+    return img
+
+
+class RolloutEngine:
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        dtype: str = "float32",
+        max_model_len: int = 2048,
+        seed: int = 0,
+        enforce_eager: bool = True,
+        gpu_memory_utilization: float = 0.5,
+        kv_cache_memory_bytes: Optional[int] = None,
+        max_num_seqs: int = 256,
+        tensor_parallel_size: int = 1,
+        min_pixels: int = 3136,
+        max_pixels: int = 401408,
+        trust_remote_code: bool = False,
+    ):
+        from vllm import LLM
+
+        self.max_pixels = max_pixels
+        kwargs: dict[str, Any] = dict(
+            model=model_path,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            seed=seed,
+            enforce_eager=enforce_eager,
+            max_num_seqs=max_num_seqs,
+            tensor_parallel_size=tensor_parallel_size,
+            limit_mm_per_prompt={"image": 1, "video": 0},
+            mm_processor_kwargs={"min_pixels": min_pixels, "max_pixels": max_pixels},
+            worker_extension_cls=WORKER_EXTENSION,
+            trust_remote_code=trust_remote_code,
+        )
+        if tensor_parallel_size == 1:
+            kwargs["distributed_executor_backend"] = "uni"
+        if kv_cache_memory_bytes:
+            # On CPU the default reserves a fraction of host RAM and refuses a second engine.
+            kwargs["kv_cache_memory_bytes"] = int(kv_cache_memory_bytes)
+        else:
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        self.llm = LLM(**kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def generate(
+        self,
+        prompts: list[dict],
+        *,
+        n: int = 1,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = -1,
+        max_tokens: int = 256,
+        seed: Optional[int] = None,
+        logprobs: bool = True,
+        use_tqdm: bool = False,
+    ) -> list[PromptResult]:
+        """``prompts``: dicts with ``id``, ``prompt`` (chat template applied) and ``image``.
+
+        A prompt whose image cannot be decoded comes back with ``error`` set and no
+        completions; the others are generated as one batch.
+        """
+        from vllm import SamplingParams
+
+        results = [PromptResult(prompt_id=str(p["id"])) for p in prompts]
+        requests, params, index = [], [], []
+        for i, p in enumerate(prompts):
+            try:
+                img = decode_image(p["image"], self.max_pixels)
+            except ValueError as e:
+                results[i].error = str(e)
+                continue
+            requests.append({"prompt": p["prompt"], "multi_modal_data": {"image": img}})
+            params.append(
+                SamplingParams(
+                    n=n,
+                    temperature=temperature,
+                    top_p=top_p,
+                    top_k=top_k if top_k > 0 else 0,
+                    max_tokens=max_tokens,
+                    # Per-prompt seeds make a step's samples reproducible whatever the sharding.
+                    seed=None if seed is None else seed + i,
+                    logprobs=0 if logprobs else None,
+                    skip_special_tokens=True,
+                )
+            )
+            index.append(i)
+        if not requests:
+            return results
+        try:
+            outputs = self.llm.generate(requests, params, use_tqdm=use_tqdm)
+        except Exception as e:
+            # One bad prompt fails the whole batch inside vLLM; retry one by one to isolate it.
+            log.warning("batch generation failed (%s); retrying prompt by prompt", e)
+            outputs = []
+            for req, sp, i in zip(requests, params, index):
+                try:
+                    outputs.extend(self.llm.generate([req], [sp], use_tqdm=False))
+                except Exception as e1:
+                    results[i].error = f"generation failed: {type(e1).__name__}: {e1}"
+                    outputs.append(None)
+        for out, i in zip(outputs, index):
+            if out is None:
+                continue
+            results[i].prompt_token_ids = list(out.prompt_token_ids or [])
+            for c in out.outputs:
+                lps = []
+                if c.logprobs is not None:
+                    for tok, entry in zip(c.token_ids, c.logprobs):
+                        lps.append(float(entry[tok].logprob))
+                results[i].completions.append(
+                    Completion(token_ids=list(c.token_ids), text=c.text, logprobs=lps,
+                               finish_reason=str(c.finish_reason))
+                )
+        return results
+
+    # --- weights -----------------------------------------------------------
+    def load_safetensors(self, payload: bytes) -> int:
+        counts = self.llm.collective_rpc("medr1_load_safetensors", args=(payload,))
+        self.llm.reset_prefix_cache()  # cached KV was computed with the old weights
+        return int(counts[0])
+
+    def weight_checksum(self) -> str:
+        return self.llm.collective_rpc("medr1_weight_checksum")[0]
+
+    def init_weight_group(self, master_address: str, master_port: int, rank_offset: int, world_size: int) -> None:
+        self.llm.collective_rpc("medr1_init_weight_group", args=(master_address, master_port, rank_offset, world_size))
+
+    def receive_broadcast(self, specs: list[tuple[str, str, list[int]]]) -> int:
+        n = self.llm.collective_rpc("medr1_receive_broadcast", args=(specs,))[0]
+        return int(n)
+
+    def reset_cache(self) -> None:
+        self.llm.reset_prefix_cache()

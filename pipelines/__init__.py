@@ -1,0 +1,1 @@
+"""Programs a user runs: data preparation, the tiny model, training, evaluation; the `medr1` CLI."""

@@ -1,0 +1,349 @@
+"""Typed configuration for every medr1 program.
+
+The dataclasses below are the schema; YAML files in ``configs/`` fill them in
+and ``key=value`` arguments override them. OmegaConf's struct mode refuses
+unknown keys and values of the wrong type; ``load_config`` turns those
+refusals into messages that name the key and what would have been valid.
+"""
+from __future__ import annotations
+
+import difflib
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO_ROOT / "configs"
+
+
+class PromptStyle(str, enum.Enum):
+    think = "think"
+    nothink = "nothink"
+    think_after = "think_after"
+
+
+class AdvantageScale(str, enum.Enum):
+    group = "group"  # (r - mean_g) / (std_g + eps): GRPO as in the paper
+    batch = "batch"  # (r - mean_g) / (std_batch + eps)
+    none = "none"  # r - mean_g: Dr. GRPO
+
+
+class KLEstimator(str, enum.Enum):
+    k1 = "k1"
+    k2 = "k2"
+    k3 = "k3"
+
+
+class LossAgg(str, enum.Enum):
+    seq_mean_token_mean = "seq_mean_token_mean"  # paper / TRL 0.14
+    token_mean = "token_mean"  # DAPO
+    seq_sum_norm = "seq_sum_norm"  # Dr. GRPO
+
+
+class DType(str, enum.Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class SyncBackend(str, enum.Enum):
+    object_store = "object_store"  # CPU path: safetensors bytes through Ray's object store
+    nccl = "nccl"  # GPU path: bucketed NCCL broadcast into vLLM
+
+
+class Placement(str, enum.Enum):
+    PACK = "PACK"
+    SPREAD = "SPREAD"
+    STRICT_PACK = "STRICT_PACK"
+    STRICT_SPREAD = "STRICT_SPREAD"
+
+
+class OnBadRecord(str, enum.Enum):
+    error = "error"
+    skip = "skip"
+
+
+@dataclass
+class Resources:
+    """What one worker asks Ray for. ``custom`` holds custom resources or node labels."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    custom: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TinyModelConfig:
+    """Dimensions of the locally built Qwen2-VL (head_dim 64: the vLLM CPU attention needs it)."""
+
+    seed: int = 0
+    vocab_size: int = 2048
+    hidden_size: int = 256
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    intermediate_size: int = 768
+    vision_embed_dim: int = 128
+    vision_depth: int = 2
+    vision_num_heads: int = 2
+    max_position_embeddings: int = 2048
+
+
+@dataclass
+class ModelConfig:
+    path: str = "outputs/tiny-qwen2vl"
+    build_tiny_if_missing: bool = True
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    dtype: DType = DType.float32
+    attn_implementation: str = "sdpa"  # flash_attention_2 on GPUs
+    trust_remote_code: bool = False
+    min_pixels: int = 3136
+    max_pixels: int = 401408
+
+
+@dataclass
+class SyntheticDataConfig:
+    seed: int = 0
+    per_cell: int = 12
+    image_size: int = 112
+    test_fraction: float = 0.2
+
+
+@dataclass
+class DataConfig:
+    # "synthetic" builds the built-in benchmark under `prepared_dir` if missing;
+    # "prepared" reads a directory written by `medr1 prepare-data`.
+    source: str = "synthetic"
+    prepared_dir: str = "outputs/data/synthetic"
+    synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
+    train_split: str = "train"
+    test_split: str = "test"
+    prompt_style: PromptStyle = PromptStyle.think
+    modalities: list[str] = field(default_factory=list)  # empty = all
+    question_types: list[str] = field(default_factory=list)  # empty = all
+    max_prompt_length: int = 1024
+    shuffle: bool = True
+    seed: int = 0
+    on_bad_record: OnBadRecord = OnBadRecord.error
+
+
+@dataclass
+class RolloutConfig:
+    num_workers: int = 2
+    resources_per_worker: Resources = field(default_factory=Resources)
+    group_size: int = 4
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    max_new_tokens: int = 256
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.5
+    # On CPU vLLM reserves a fraction of host RAM unless told an absolute size.
+    kv_cache_memory_bytes: Optional[int] = 268435456
+    max_num_seqs: int = 256
+    enforce_eager: bool = True
+    async_mode: bool = False
+    max_staleness: int = 1
+    seed: int = 0
+
+
+@dataclass
+class RewardConfig:
+    num_workers: int = 1
+    # Reward name -> weight; names come from the `rewards` registry.
+    functions: dict[str, float] = field(default_factory=lambda: {"format": 1.0, "accuracy_strict": 1.0})
+
+
+@dataclass
+class GRPOConfig:
+    advantage_scale: AdvantageScale = AdvantageScale.group
+    advantage_eps: float = 1e-4
+    beta: float = 0.04
+    kl_estimator: KLEstimator = KLEstimator.k3
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    loss_agg: LossAgg = LossAgg.seq_mean_token_mean
+    seq_sum_norm_constant: float = 256.0
+    filter_dead_groups: bool = False
+    updates_per_batch: int = 1
+
+
+@dataclass
+class LearnerConfig:
+    num_workers: int = 1
+    resources_per_worker: Resources = field(default_factory=Resources)
+    zero_stage: int = 2
+    lr: float = 1e-6
+    weight_decay: float = 0.0
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    lr_scheduler: str = "constant"  # constant | cosine | linear
+    warmup_ratio: float = 0.0
+    micro_batch_size: int = 4
+    grad_clip: float = 1.0
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    offload_optimizer: bool = False
+    dist_backend: str = "auto"  # auto: nccl with GPUs, gloo without
+
+
+@dataclass
+class WeightSyncConfig:
+    backend: SyncBackend = SyncBackend.object_store
+    every_n_steps: int = 1
+    bucket_size_mb: int = 256
+
+
+@dataclass
+class ClusterConfig:
+    address: Optional[str] = None  # None: start a local Ray; "auto" or ray://host:port to join one
+    num_cpus: Optional[int] = None  # local Ray only
+    placement_strategy: Placement = Placement.PACK
+    colocate: bool = False
+    dashboard_host: str = "127.0.0.1"
+    runtime_env_vars: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class TrainerConfig:
+    output_dir: str = "outputs/run"
+    total_steps: int = 100
+    epochs: int = 1
+    prompts_per_step: int = 8
+    eval_every: int = 0  # 0: only before and after
+    save_every: int = 0  # 0: only at the end
+    seed: int = 0
+    resume_from: Optional[str] = None
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = True
+    traces: bool = True
+    ray_metrics: bool = True
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    max_new_tokens: int = 256
+    max_samples: Optional[int] = None
+    prompt_style: PromptStyle = PromptStyle.think
+
+
+@dataclass
+class MedR1Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    weight_sync: WeightSyncConfig = field(default_factory=WeightSyncConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message says which key and why."""
+
+
+def _valid_keys(node: Any) -> list[str]:
+    return sorted(node.keys()) if isinstance(node, DictConfig) else []
+
+
+def _explain(err: OmegaConfBaseException, schema: DictConfig, source: str) -> str:
+    key = getattr(err, "full_key", None) or getattr(err, "key", None) or "?"
+    if isinstance(err, (ConfigKeyError, ConfigAttributeError)) or "not in" in str(err):
+        parent_path, _, leaf = str(key).rpartition(".")
+        parent = OmegaConf.select(schema, parent_path) if parent_path else schema
+        choices = _valid_keys(parent)
+        close = difflib.get_close_matches(leaf, choices, n=1)
+        hint = f" Did you mean '{(parent_path + '.') if parent_path else ''}{close[0]}'?" if close else ""
+        where = f"'{parent_path}'" if parent_path else "the top level"
+        return f"{source}: unknown config key '{key}'.{hint} Valid keys in {where}: {', '.join(choices)}"
+    if isinstance(err, ValidationError):
+        return f"{source}: bad value for '{key}': {str(err).splitlines()[0]}"
+    return f"{source}: {err}"
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> MedR1Config:
+    """Schema <- YAML file <- ``key=value`` overrides, validated at each step.
+
+    Returns a typed DictConfig that behaves like ``MedR1Config`` (attribute access, enums).
+    """
+    schema = OmegaConf.structured(MedR1Config)
+    cfg = schema
+    if path is not None:
+        path = resolve_config_path(path)
+        try:
+            file_cfg = OmegaConf.load(path)
+        except Exception as e:  # yaml errors carry line numbers; keep them
+            raise ConfigError(f"{path}: cannot parse YAML: {e}") from None
+        try:
+            cfg = OmegaConf.merge(cfg, file_cfg)
+        except OmegaConfBaseException as e:
+            raise ConfigError(_explain(e, schema, str(path))) from None
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. rollout.num_workers=4)")
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as e:
+            raise ConfigError(_explain(e, schema, f"override '{item}'")) from None
+    OmegaConf.set_readonly(cfg, False)
+    OmegaConf.set_struct(cfg, True)
+    validate(cfg)
+    return cfg  # type: ignore[return-value]
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A path as given, else relative to the repository's ``configs/`` (so ``smoke.yaml`` works anywhere)."""
+    p = Path(path)
+    for candidate in (p, CONFIG_DIR / p, CONFIG_DIR / f"{p}.yaml"):
+        if candidate.is_file():
+            return candidate
+    known = sorted(x.name for x in CONFIG_DIR.glob("*.yaml"))
+    raise ConfigError(f"config file '{path}' not found; the shipped configs are: {', '.join(known)}")
+
+
+def validate(cfg: Any) -> None:
+    """Checks that types alone cannot express."""
+    problems = []
+    if cfg.rollout.group_size < 2:
+        problems.append("rollout.group_size must be >= 2 (GRPO compares completions within a group)")
+    if cfg.rollout.num_workers < 1:
+        problems.append("rollout.num_workers must be >= 1")
+    if cfg.learner.num_workers < 1:
+        problems.append("learner.num_workers must be >= 1")
+    if cfg.reward.num_workers < 1:
+        problems.append("reward.num_workers must be >= 1")
+    if cfg.learner.zero_stage not in (0, 1, 2, 3):
+        problems.append(f"learner.zero_stage must be one of 0, 1, 2, 3 (got {cfg.learner.zero_stage})")
+    if cfg.learner.lr_scheduler not in ("constant", "cosine", "linear"):
+        problems.append(f"learner.lr_scheduler must be one of constant, cosine, linear (got '{cfg.learner.lr_scheduler}')")
+    if cfg.learner.dist_backend not in ("auto", "gloo", "nccl"):
+        problems.append(f"learner.dist_backend must be one of auto, gloo, nccl (got '{cfg.learner.dist_backend}')")
+    if cfg.data.source not in ("synthetic", "prepared"):
+        problems.append(f"data.source must be one of synthetic, prepared (got '{cfg.data.source}')")
+    if not (0.0 <= cfg.grpo.clip_low < 1.0) or cfg.grpo.clip_high < 0.0:
+        problems.append("grpo.clip_low must be in [0, 1) and grpo.clip_high >= 0")
+    if cfg.grpo.beta < 0:
+        problems.append("grpo.beta must be >= 0")
+    if cfg.trainer.prompts_per_step < 1:
+        problems.append("trainer.prompts_per_step must be >= 1")
+    if cfg.weight_sync.backend == SyncBackend.nccl and cfg.rollout.resources_per_worker.num_gpus <= 0:
+        problems.append("weight_sync.backend=nccl needs GPUs: set rollout.resources_per_worker.num_gpus > 0")
+    if not cfg.reward.functions:
+        problems.append("reward.functions is empty: name at least one reward")
+    if problems:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+def to_yaml(cfg: Any) -> str:
+    return OmegaConf.to_yaml(cfg)

@@ -1,0 +1,174 @@
+"""Prepared datasets on disk: ``DIR/<split>.parquet`` (images embedded as PNG bytes)
+plus ``DIR/manifest.json`` (counts, skipped records, how it was built).
+
+Readable by pyarrow and by ``datasets.Dataset.from_parquet``.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+from pipelines.data.schema import LETTERS, VQARecord
+from pipelines.errors import BadRecordError, UserError
+
+MANIFEST = "manifest.json"
+SPLITS = ("train", "test")
+COLUMNS = ("id", "image", "image_path", "image_sha256", "question", "options", "answer",
+           "modality", "question_type", "source")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _schema():
+    import pyarrow as pa
+
+    return pa.schema([
+        ("id", pa.string()), ("image", pa.binary()), ("image_path", pa.string()),
+        ("image_sha256", pa.string()), ("question", pa.string()), ("options", pa.list_(pa.string())),
+        ("answer", pa.string()), ("modality", pa.string()), ("question_type", pa.string()),
+        ("source", pa.string()),
+    ])
+
+
+def to_png_bytes(data_or_path: bytes | str | os.PathLike, source: str = "", index: int | str = "") -> bytes:
+    """PNG bytes of an image given as bytes or a path: PNG input is kept as is (after
+    checking it decodes), other formats are converted. Problems -> BadRecordError."""
+    from PIL import Image, UnidentifiedImageError
+
+    where = source or str(data_or_path)[:200]
+    if isinstance(data_or_path, (bytes, bytearray)):
+        data = bytes(data_or_path)
+    else:
+        path = Path(data_or_path)
+        if not path.is_file():
+            raise BadRecordError(where, index, f"image file not found: {path}")
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise BadRecordError(where, index, f"cannot read image {path}: {e}") from e
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            if data.startswith(PNG_MAGIC):
+                return data
+            if im.mode not in ("L", "RGB", "RGBA", "LA"):
+                im = im.convert("RGB")
+            buf = io.BytesIO()
+            im.save(buf, format="PNG")
+            return buf.getvalue()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        name = "" if isinstance(data_or_path, (bytes, bytearray)) else f" {data_or_path}"
+        raise BadRecordError(where, index, f"unreadable image{name}: {e}") from e
+
+
+def _image_bytes(rec: VQARecord) -> bytes:
+    if isinstance(rec.image, (bytes, bytearray)):
+        data = bytes(rec.image)
+        return data if not data or data.startswith(PNG_MAGIC) else to_png_bytes(data, rec.id)
+    return to_png_bytes(rec.image, rec.id)
+
+
+def count_stats(records: list[VQARecord]) -> dict:
+    def sort(c):
+        return dict(sorted(c.items()))
+
+    return {
+        "total": len(records),
+        "by_modality": sort(Counter(r.modality for r in records)),
+        "by_question_type": sort(Counter(r.question_type for r in records)),
+        "by_answer_letter": {k: v for k, v in sorted(Counter(r.answer for r in records).items(),
+                                                     key=lambda kv: LETTERS.find(kv[0]))},
+        "by_option_count": {str(k): v for k, v in sorted(Counter(len(r.options) for r in records).items())},
+        "missing_images": sum(1 for r in records if not r.image),
+    }
+
+
+def write_prepared(out_dir: str | os.PathLike, splits: dict[str, list[VQARecord]],
+                   extra_manifest: dict | None = None) -> dict:
+    """Write one Parquet file per split and the manifest; return the manifest.
+
+    ``extra_manifest`` may carry ``skipped`` (a list of {file, index, reason}), the
+    command, seed and anything else worth recording."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("*.parquet"):  # a rebuild replaces the whole dataset
+        if stale.stem not in splits:
+            stale.unlink()
+    extra = dict(extra_manifest or {})
+    skipped = list(extra.pop("skipped", []))
+    seen_ids: set[str] = set()
+    manifest_splits = {}
+    for split, records in splits.items():
+        cols: dict[str, list] = {c: [] for c in COLUMNS}
+        for rec in records:
+            try:
+                rec.validate(allow_unknown=True)
+            except ValueError as e:
+                raise UserError(f"cannot write split {split!r}: {e}") from e
+            if rec.id in seen_ids:
+                raise UserError(f"cannot write split {split!r}: duplicate record id {rec.id!r}")
+            seen_ids.add(rec.id)
+            img = _image_bytes(rec)
+            path = rec.image_path or (rec.image if isinstance(rec.image, str) else "")
+            row = dict(id=rec.id, image=img, image_path=str(path),
+                       image_sha256=hashlib.sha256(img).hexdigest() if img else "",
+                       question=rec.question, options=list(rec.options), answer=rec.answer,
+                       modality=rec.modality, question_type=rec.question_type, source=rec.source)
+            for c in COLUMNS:
+                cols[c].append(row[c])
+        table = pa.Table.from_pydict(cols, schema=_schema())
+        pq.write_table(table, out / f"{split}.parquet")
+        manifest_splits[split] = count_stats(records)
+    overall = count_stats([r for recs in splits.values() for r in recs])
+    manifest = {
+        "format": "medr1-prepared-v1",
+        "splits": manifest_splits,
+        **overall,
+        "skipped": {"count": len(skipped), "records": skipped},
+        **extra,
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n")
+    return manifest
+
+
+def available_splits(data_dir: str | os.PathLike) -> list[str]:
+    d = Path(data_dir)
+    return sorted(p.stem for p in d.glob("*.parquet")) if d.is_dir() else []
+
+
+def read_manifest(data_dir: str | os.PathLike) -> dict:
+    path = Path(data_dir) / MANIFEST
+    if not path.is_file():
+        raise UserError(f"no prepared dataset at {data_dir}: {MANIFEST} not found "
+                        f"(build one with `medr1 prepare-data ...`)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from e
+
+
+def load_prepared(data_dir: str | os.PathLike, split: str) -> list[VQARecord]:
+    """The records of one split, images as PNG bytes (b"" where the image was missing)."""
+    import pyarrow.parquet as pq
+
+    d = Path(data_dir)
+    if not d.is_dir():
+        raise UserError(f"no prepared dataset at {d}: the directory does not exist")
+    path = d / f"{split}.parquet"
+    if not path.is_file():
+        have = available_splits(d)
+        raise UserError(f"{d} has no split {split!r}; splits present: {', '.join(have) or 'none'}")
+    try:
+        table = pq.read_table(path, columns=[c for c in COLUMNS if c != "image_sha256"])
+    except Exception as e:  # pyarrow raises several types for corrupt files
+        raise UserError(f"cannot read {path}: {e}") from e
+    rows = table.to_pylist()
+    return [VQARecord(id=r["id"], image=r["image"] or b"", question=r["question"], options=list(r["options"]),
+                      answer=r["answer"], modality=r["modality"], question_type=r["question_type"],
+                      source=r["source"], image_path=r["image_path"] or "") for r in rows]

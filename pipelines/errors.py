@@ -1,0 +1,14 @@
+"""Errors that describe a problem with the user's input (file, record, config, cluster).
+The CLI prints these as one clear message instead of a traceback."""
+
+
+class UserError(Exception):
+    pass
+
+
+class BadRecordError(UserError):
+    """A data record that cannot be used; says which file and which record."""
+
+    def __init__(self, source: str, index: int | str, reason: str):
+        self.source, self.index, self.reason = source, index, reason
+        super().__init__(f"{source}, record {index}: {reason}")

@@ -1,0 +1,67 @@
+"""`medr1 generate`: sample a group of completions for one image prompt through vLLM."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="sample G completions for an image + question through vLLM")
+    p.add_argument("--model", required=True, help="HF-format Qwen2-VL directory")
+    p.add_argument("--image", help="image file (default: a drawn test pattern)")
+    p.add_argument("--question", default="What imaging modality is shown?")
+    p.add_argument("--options", nargs="+", default=["CT", "MRI", "X-ray", "OCT"])
+    p.add_argument("--style", default="think", help="prompt style: think, nothink or think_after")
+    p.add_argument("-n", type=int, default=4, help="completions in the group")
+    p.add_argument("--max-tokens", type=int, default=48)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-pixels", type=int, default=12544)
+    p.set_defaults(func=run)
+
+
+def _default_image() -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    yy, xx = np.mgrid[0:112, 0:112]
+    ring = (np.abs(np.hypot(yy - 56, xx - 56) - 40) < 4) * 200 + 40
+    buf = io.BytesIO()
+    Image.fromarray(ring.astype("uint8")).convert("RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from pipelines.errors import UserError
+
+    from actors.vllm_engine import RolloutEngine, cpu_engine_env
+    from pipelines.prompts import build_messages
+
+    if args.image:
+        path = Path(args.image)
+        if not path.is_file():
+            raise UserError(f"image file not found: {path}")
+        image = path.read_bytes()
+    else:
+        image = _default_image()
+    for k, v in cpu_engine_env().items():
+        os.environ.setdefault(k, v)
+    engine = RolloutEngine(args.model, max_model_len=2048, kv_cache_memory_bytes=256 << 20,
+                           max_pixels=args.max_pixels, seed=args.seed)
+    prompt = engine.tokenizer.apply_chat_template(build_messages({"question": args.question, "options": args.options}, args.style),
+                                                  tokenize=False,
+                                                  add_generation_prompt=True)
+    [result] = engine.generate([{"id": "q", "prompt": prompt, "image": image}], n=args.n,
+                               temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed)
+    if result.error:
+        raise UserError(result.error)
+    print(f"prompt ({len(result.prompt_token_ids)} tokens, image included):\n{prompt}\n")
+    for k, c in enumerate(result.completions):
+        mean_lp = sum(c.logprobs) / max(len(c.logprobs), 1)
+        print(f"--- completion {k} ({len(c.token_ids)} tokens, mean log-prob {mean_lp:.2f}, {c.finish_reason})")
+        print(c.text)
+    return 0

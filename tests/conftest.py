@@ -1,0 +1,60 @@
+"""Shared, expensive fixtures: the tiny model is built once per session and the
+vLLM engines are started once (engine start-up dominates on 2 cores)."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+TEST_MAX_PIXELS = 112 * 112
+
+
+def tiny_dims(**overrides):
+    from omegaconf import OmegaConf
+
+    from pipelines.config import TinyModelConfig
+
+    cfg = OmegaConf.structured(TinyModelConfig)
+    for k, v in overrides.items():
+        cfg[k] = v
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from pipelines.tiny_model import build_tiny_model
+
+    out = tmp_path_factory.mktemp("tiny-qwen2vl")
+    build_tiny_model(out, tiny_dims(), max_pixels=TEST_MAX_PIXELS)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def rollout_worker(ray_session, tiny_model_dir):
+    """One rollout actor on the tiny model, shared by every test that needs vLLM."""
+    from actors.rollout_group import create_rollout_workers, wait_ready
+    from actors.vllm_engine import cpu_engine_env
+
+    engine_kwargs = dict(model_path=str(tiny_model_dir), max_model_len=1024, kv_cache_memory_bytes=128 << 20,
+                         max_pixels=TEST_MAX_PIXELS, seed=0)
+    env = {**cpu_engine_env(f"0-{(os.cpu_count() or 2) - 1}"), "PYTHONPATH": str(REPO)}
+    [worker] = create_rollout_workers(1, engine_kwargs, num_cpus=1, env_vars=[env], name_prefix="test-rollout")
+    wait_ready([worker])
+    return worker
