@@ -12,13 +12,13 @@ from actors.vllm_engine import RolloutEngine
 
 class RolloutWorker:
     def __init__(self, index: int, engine_kwargs: dict[str, Any], weight_version: int = 0,
-                 initial_weights: Optional[bytes] = None):
+                 initial_weights=None):
         self.index = index
         self.engine = RolloutEngine(**engine_kwargs)
         self.weight_version = weight_version
         if initial_weights is not None:
             # A restarted or late-joining worker catches up with the learner before it samples.
-            self.engine.load_safetensors(initial_weights)
+            self.load_weights(initial_weights, weight_version)
 
     def ready(self) -> dict:
         import os
@@ -40,8 +40,14 @@ class RolloutWorker:
             "tokens": tokens,
         }
 
-    def load_weights(self, payload: bytes, version: int) -> dict:
+    def load_weights(self, payload, version: int) -> dict:
+        """``payload``: a {name: tensor} state dict in vLLM names, or safetensors bytes."""
         t0 = time.perf_counter()
+        if isinstance(payload, dict):
+            from safetensors.torch import save
+
+            # collective_rpc pickles its arguments; safetensors bytes are the portable form.
+            payload = save({k: v.contiguous() for k, v in payload.items()})
         n = self.engine.load_safetensors(payload)
         self.weight_version = version
         return {"tensors": n, "bytes": len(payload), "seconds": time.perf_counter() - t0, "version": version}

@@ -12,6 +12,8 @@ SUBCOMMAND_MODULES = [
     "pipelines.init_model",
     "pipelines.prepare_data",
     "pipelines.generate",
+    "pipelines.train",
+    "pipelines.submit",
 ]
 
 

@@ -1,0 +1,108 @@
+"""Connecting to Ray: a local one-machine cluster by default, or an existing cluster."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Optional
+
+log = logging.getLogger(__name__)
+
+# Set by the Ray job manager for a submitted job's entrypoint: the job's runtime env.
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+class ClusterUnreachable(RuntimeError):
+    pass
+
+
+def _submitted_job_runtime_env() -> Optional[dict]:
+    """The runtime env of the Ray Job this process is the entrypoint of, or None outside a job."""
+    raw = os.environ.get(JOB_CONFIG_ENV)
+    if not raw:
+        return None
+    try:
+        return dict(json.loads(raw).get("runtime_env") or {})
+    except (ValueError, AttributeError):
+        return {}
+
+
+def _enable_token_auth_if_available() -> None:
+    """Ray 2.60 heads require a token; clients send it only with RAY_AUTH_MODE=token."""
+    if os.environ.get("RAY_AUTH_MODE") is not None:
+        return
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def _check_tcp(target: str, timeout: float) -> None:
+    """Fail fast on ``host:port`` that does not accept connections (ray.init would retry for a minute)."""
+    hostport = target.split("://", 1)[-1]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        raise ClusterUnreachable(f"cannot connect to the Ray cluster at '{target}': {host}:{port} does not answer "
+                                 f"({e}). Is the head running (`ray status` on it) and the address its GCS port "
+                                 f"(6379 by default; ray:// for Ray Client on 10001)?") from None
+
+
+def connect(address: Optional[str] = None, *, num_cpus: Optional[int] = None, dashboard_host: str = "127.0.0.1",
+            env_vars: Optional[dict[str, str]] = None, working_dir_on_path: Optional[str] = None,
+            connect_timeout_s: float = 5.0) -> dict:
+    """Start or join Ray; returns {"address", "dashboard_url", "resources"}.
+
+    Under ``ray job submit`` RAY_ADDRESS is set and the job joins its cluster;
+    ``address=None`` otherwise starts a local Ray whose dashboard listens on
+    ``dashboard_host`` (loopback unless the user says otherwise).
+
+    Inside a submitted job, the job's runtime env (working dir, env vars) is
+    kept: Ray refuses a ``ray.init`` runtime env that sets the same env var
+    again, so those keys are left to the job, and PYTHONPATH is not added when
+    the job has a working dir (Ray already puts it on the workers' path).
+    """
+    import ray
+
+    env = {str(k): str(v) for k, v in (env_vars or {}).items()}
+    job_env = _submitted_job_runtime_env()
+    if working_dir_on_path and not (job_env and job_env.get("working_dir")):
+        # Actors import this project's packages; a local cluster's workers need them on sys.path.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (working_dir_on_path, os.environ.get("PYTHONPATH")) if p)
+    if job_env:
+        taken = set((job_env.get("env_vars") or {}).keys())
+        dropped = sorted(k for k in env if k in taken)
+        if dropped:
+            log.info("keeping the job's own values for %s", ", ".join(dropped))
+        env = {k: v for k, v in env.items() if k not in taken}
+    runtime_env = {"env_vars": env} if env else None
+    if ray.is_initialized():
+        pass
+    elif address is None and not os.environ.get("RAY_ADDRESS"):
+        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host=dashboard_host,
+                 runtime_env=runtime_env, log_to_driver=True)
+    else:
+        target = address or os.environ.get("RAY_ADDRESS")
+        _enable_token_auth_if_available()
+        if target not in ("auto", "local") and not str(target).startswith("ray://"):
+            _check_tcp(str(target), connect_timeout_s)
+        try:
+            ray.init(address=target, runtime_env=runtime_env, log_to_driver=True)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise ClusterUnreachable(f"cannot connect to the Ray cluster at '{target}': {e}") from None
+    ctx = ray.get_runtime_context()
+    url = None
+    try:
+        url = ray.worker.get_dashboard_url() or None  # type: ignore[attr-defined]
+    except Exception:
+        url = None
+    if url and not url.startswith("http"):
+        url = f"http://{url}"
+    info = {"address": ctx.gcs_address, "dashboard_url": url, "resources": ray.cluster_resources()}
+    log.info("Ray at %s; dashboard: %s", info["address"], url or "not running")
+    return info

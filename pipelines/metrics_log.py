@@ -1,0 +1,89 @@
+"""Where step metrics go: metrics.jsonl (stable), TensorBoard, the Ray dashboard, the console."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+log = logging.getLogger(__name__)
+
+
+class MetricsLog:
+    def __init__(self, output_dir: str | Path, *, tensorboard: bool = True, ray_metrics: bool = True, run: str = ""):
+        self.dir = Path(output_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.dir / "metrics.jsonl"
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(log_dir=str(self.dir / "tensorboard"))
+            except Exception as e:  # TensorBoard is optional; the jsonl is the record
+                log.warning("TensorBoard disabled: %s", e)
+        self._ray = None
+        if ray_metrics:
+            try:
+                from cluster.metrics import RayMetrics
+
+                self._ray = RayMetrics(run=run)
+            except Exception as e:
+                log.warning("Ray dashboard metrics disabled: %s", e)
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        row = {"step": step, **metrics}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row, default=float) + "\n")
+        numeric = {k: float(v) for k, v in metrics.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
+        if self._tb is not None:
+            for k, v in numeric.items():
+                self._tb.add_scalar(k, v, step)
+            self._tb.flush()
+        if self._ray is not None:
+            self._ray.record(numeric)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    p = Path(path)
+    if not p.is_file():
+        return []
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def plot_reward_curve(metrics_path: str | Path, out_png: str | Path, evals: Optional[dict] = None) -> Optional[Path]:
+    """Reward, accuracy and format rate per step (and held-out accuracy points if given)."""
+    rows = [r for r in read_metrics(metrics_path) if "reward_mean" in r]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, [r["reward_mean"] for r in rows], label="reward (format + accuracy)", color="tab:blue")
+    ax.plot(steps, [r.get("accuracy", float("nan")) for r in rows], label="train accuracy", color="tab:green")
+    ax.plot(steps, [r.get("format_rate", float("nan")) for r in rows], label="format rate", color="tab:orange",
+            alpha=0.7)
+    for step, acc in sorted((evals or {}).items()):
+        ax.scatter([step], [acc], color="black", zorder=3)
+    if evals:
+        ax.plot(sorted(evals), [evals[s] for s in sorted(evals)], "k--", label="held-out accuracy")
+    ax.set_xlabel("GRPO step")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    ax.set_title("GRPO training")
+    fig.tight_layout()
+    out = Path(out_png)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

@@ -1,0 +1,249 @@
+"""Everything a training run needs before its first step: the model and data on
+disk, Ray, a checked resource plan, and the rollout, reward and learner actors."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from pipelines.config import REPO_ROOT
+from pipelines.errors import UserError
+
+log = logging.getLogger(__name__)
+
+REWARD_WORKER_CPUS = 0.5
+
+
+def ensure_model(cfg) -> str:
+    from pipelines.tiny_model import build_tiny_model, is_model_dir
+
+    path = Path(cfg.model.path)
+    if is_model_dir(path):
+        return str(path)
+    if cfg.model.build_tiny_if_missing:
+        log.info("building the tiny Qwen2-VL into %s", path)
+        build_tiny_model(path, cfg.model.tiny, cfg.model.min_pixels, cfg.model.max_pixels)
+        return str(path)
+    if path.exists() or str(path).startswith(("/", ".")):
+        raise UserError(f"model.path '{path}' is not an HF model directory (no config.json + *.safetensors)")
+    return str(path)  # a hub id: resolved from the local HF cache by transformers / vLLM
+
+
+def ensure_data(cfg):
+    """(train, test) records, filtered to the configured modalities / question types."""
+    from pipelines.data.store import load_prepared
+
+    d = Path(cfg.data.prepared_dir)
+    if cfg.data.source == "synthetic" and not (d / "manifest.json").is_file():
+        from pipelines.data.synthetic import prepare_synthetic
+
+        s = cfg.data.synthetic
+        log.info("building the synthetic benchmark into %s", d)
+        prepare_synthetic(str(d), seed=s.seed, per_cell=s.per_cell, image_size=s.image_size,
+                          test_fraction=s.test_fraction, command="medr1 train (auto)")
+    train = load_prepared(d, cfg.data.train_split)
+    test = load_prepared(d, cfg.data.test_split)
+
+    def keep(r) -> bool:
+        return ((not cfg.data.modalities or r.modality in cfg.data.modalities)
+                and (not cfg.data.question_types or r.question_type in cfg.data.question_types))
+
+    train, test = [r for r in train if keep(r)], [r for r in test if keep(r)]
+    if not train:
+        raise UserError(f"no training records in {d} for modalities={list(cfg.data.modalities)} "
+                        f"question_types={list(cfg.data.question_types)}")
+    return train, test
+
+
+def resource_plan(cfg):
+    from cluster.resources import ResourcePlan, RoleSpec
+
+    r, l = cfg.rollout.resources_per_worker, cfg.learner.resources_per_worker
+    return ResourcePlan(
+        roles=[
+            RoleSpec("rollout", cfg.rollout.num_workers, r.num_cpus, r.num_gpus, dict(r.custom)),
+            RoleSpec("learner", cfg.learner.num_workers, l.num_cpus, l.num_gpus, dict(l.custom)),
+            RoleSpec("reward", cfg.reward.num_workers, REWARD_WORKER_CPUS),
+        ],
+        strategy=cfg.cluster.placement_strategy.value,
+        colocate=cfg.cluster.colocate,
+    )
+
+
+def engine_kwargs(cfg, model_path: str) -> dict[str, Any]:
+    ro = cfg.rollout
+    return dict(
+        model_path=model_path,
+        dtype=cfg.model.dtype.value,
+        max_model_len=cfg.data.max_prompt_length + ro.max_new_tokens,
+        seed=ro.seed,
+        enforce_eager=ro.enforce_eager,
+        gpu_memory_utilization=ro.gpu_memory_utilization,
+        kv_cache_memory_bytes=ro.kv_cache_memory_bytes if ro.resources_per_worker.num_gpus == 0 else None,
+        max_num_seqs=ro.max_num_seqs,
+        tensor_parallel_size=ro.tensor_parallel_size,
+        min_pixels=cfg.model.min_pixels,
+        max_pixels=cfg.model.max_pixels,
+        trust_remote_code=cfg.model.trust_remote_code,
+    )
+
+
+def rollout_env(cfg, index: int) -> dict[str, str]:
+    from actors.rollout_group import cpu_core_binding
+    from actors.vllm_engine import cpu_engine_env
+
+    env = {k: str(v) for k, v in cfg.cluster.runtime_env_vars.items()}
+    if cfg.rollout.resources_per_worker.num_gpus == 0:
+        env.update(cpu_engine_env(cpu_core_binding(index, cfg.rollout.num_workers)))
+    return env
+
+
+@dataclass
+class RunContext:
+    cfg: Any
+    model_path: str
+    train: list
+    test: list
+    tokenizer: Any
+    rollout: Any  # pipelines.rollout.RolloutPool
+    reward_workers: list
+    learners: Any  # actors.learner_worker.LearnerGroup
+    weight_sync: Any
+    placement_groups: dict = field(default_factory=dict)
+    _payloads: dict = field(default_factory=dict)
+
+    def prompt_payload(self, record) -> dict:
+        """The rollout request for a record: chat-templated prompt text and PNG bytes."""
+        p = self._payloads.get(record.id)
+        if p is None:
+            from pipelines.prompts import build_messages
+
+            text = self.tokenizer.apply_chat_template(build_messages(record, self.cfg.data.prompt_style.value),
+                                                      tokenize=False, add_generation_prompt=True)
+            image = record.image if isinstance(record.image, bytes) else Path(record.image).read_bytes()
+            p = {"id": record.id, "prompt": text, "image": image}
+            self._payloads[record.id] = p
+        return p
+
+    def score(self, texts: list[str], answers: list[str]) -> list[dict]:
+        from actors.reward_worker import score_sharded
+
+        return score_sharded(self.reward_workers, texts, answers)
+
+    def trace_row(self, record, comp: dict, score: dict, *, step: int, version: int, worker: int,
+                  sample_index: int, advantage: float) -> dict:
+        from rewards import extract_eval_answer
+
+        comps = score["components"]
+        acc = comps.get("accuracy_strict", comps.get("accuracy"))
+        fmt = comps.get("format", comps.get("format_nothink", comps.get("format_think_after")))
+        return {
+            "run": Path(self.cfg.trainer.output_dir).name, "step": step, "weight_version": version,
+            "model": self.model_path, "prompt_id": record.id, "sample_index": sample_index,
+            "image_sha256": _sha256(self.prompt_payload(record)["image"]), "image_path": record.image_path,
+            "modality": record.modality, "question_type": record.question_type, "source": record.source,
+            "prompt": _question_text(record), "answer": record.answer, "completion": comp["text"],
+            "completion_tokens": len(comp["token_ids"]), "finish_reason": comp["finish_reason"],
+            "predicted": extract_eval_answer(comp["text"]) or "", "correct": bool(acc) if acc is not None else False,
+            "format_ok": bool(fmt) if fmt is not None else False, "reward": score["total"],
+            "reward_components": comps, "advantage": advantage, "worker": worker,
+        }
+
+    def shutdown(self) -> None:
+        from ray.util.placement_group import remove_placement_group
+
+        try:
+            self.learners.shutdown()
+        except Exception:
+            pass
+        for w in list(self.rollout.workers) + list(self.reward_workers):
+            try:
+                ray.kill(w)
+            except Exception:
+                pass
+        for pg in {id(p): p for p in self.placement_groups.values()}.values():
+            try:
+                remove_placement_group(pg)
+            except Exception:
+                pass
+
+
+def _sha256(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+def _question_text(record) -> str:
+    from pipelines.prompts import format_question
+
+    return format_question(record)
+
+
+def start_run(cfg) -> RunContext:
+    from transformers import AutoTokenizer
+
+    from actors.learner_worker import LearnerGroup
+    from actors.reward_worker import RewardActor
+    from actors.rollout_group import create_rollout_workers, wait_ready
+    from actors.weight_sync import make_weight_sync
+    from cluster.connect import connect
+    from cluster.resources import check_plan, create_placement_groups
+    from pipelines.rollout import RolloutPool
+
+    model_path = ensure_model(cfg)
+    train, test = ensure_data(cfg)
+    plan = resource_plan(cfg)
+    local = cfg.cluster.address is None and not os.environ.get("RAY_ADDRESS")
+    num_cpus = cfg.cluster.num_cpus
+    if local and num_cpus is None:
+        # Phases of a synchronous step take turns on the cores, so a local run may declare
+        # as many logical CPUs as its plan asks for.
+        num_cpus = max(os.cpu_count() or 1, int(-(-plan.totals().get("CPU", 1) // 1)))
+    info = connect(cfg.cluster.address, num_cpus=num_cpus, dashboard_host=cfg.cluster.dashboard_host,
+                   env_vars=dict(cfg.cluster.runtime_env_vars), working_dir_on_path=str(REPO_ROOT))
+    print(plan.table(info["resources"]))
+    if info.get("dashboard_url"):
+        print(f"Ray dashboard: {info['dashboard_url']}")
+    check_plan(plan, info["resources"])
+    pgs = create_placement_groups(plan)
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
+    R, N = cfg.rollout.num_workers, cfg.learner.num_workers
+    ro = cfg.rollout.resources_per_worker
+    rollout_workers = create_rollout_workers(
+        R, engine_kwargs(cfg, model_path), num_cpus=ro.num_cpus, num_gpus=ro.num_gpus,
+        custom_resources=dict(ro.custom), env_vars=[rollout_env(cfg, i) for i in range(R)],
+        placement_group=pgs["rollout"], bundle_indices=list(range(R)), max_restarts=3)
+    reward_workers = [RewardActor.options(name=f"reward-{i}", num_cpus=REWARD_WORKER_CPUS)
+                      .remote(dict(cfg.reward.functions)) for i in range(cfg.reward.num_workers)]
+    learner_env = {k: str(v) for k, v in cfg.cluster.runtime_env_vars.items()}
+    if cfg.learner.resources_per_worker.num_gpus == 0:
+        learner_env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // N)) if local else \
+            str(int(cfg.learner.resources_per_worker.num_cpus))
+    total_steps = cfg.trainer.total_steps if cfg.trainer.total_steps > 0 else max(
+        1, len(train) * cfg.trainer.epochs // cfg.trainer.prompts_per_step)
+    learners = LearnerGroup(
+        model_path, cfg.learner, cfg.grpo, total_steps=total_steps,
+        samples_per_step=cfg.trainer.prompts_per_step * cfg.rollout.group_size,
+        placement_group=pgs["learner"], bundle_indices=list(range(N)), env=learner_env,
+        learner_kwargs={"dtype": cfg.model.dtype.value, "attn_implementation": cfg.model.attn_implementation,
+                        "temperature": cfg.rollout.temperature, "seed": cfg.trainer.seed})
+    ready = wait_ready(rollout_workers)
+    log.info("rollout actors ready: %s", ready)
+    sync = make_weight_sync(cfg.weight_sync.backend.value, cfg.weight_sync.bucket_size_mb,
+                            cfg.rollout.tensor_parallel_size)
+    ctx = RunContext(cfg, model_path, train, test, tokenizer, None, reward_workers, learners, sync, pgs)
+
+    def catch_up(worker) -> None:
+        # A restarted actor came back with the base weights; push the current ones to it alone.
+        version = max(ray.get([w.get_weight_version.remote() for w in rollout_workers if w is not worker]
+                              or [0]))
+        if version > 0:
+            ray.get(worker.load_weights.remote(learners.push_state_dict(as_ref=True), version))
+
+    ctx.rollout = RolloutPool(rollout_workers, on_restart=catch_up)
+    return ctx
