@@ -13,6 +13,9 @@ SUBCOMMAND_MODULES = [
     "pipelines.prepare_data",
     "pipelines.generate",
     "pipelines.train",
+    "pipelines.sft",
+    "pipelines.evaluate",
+    "pipelines.protocol",
     "pipelines.submit",
 ]
 

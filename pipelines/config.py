@@ -228,6 +228,32 @@ class LoggingConfig:
 
 
 @dataclass
+class SFTConfig:
+    """Supervised fine-tuning on the same learner.
+
+    ``answer`` targets the ground-truth letter (the paper's SFT baseline);
+    ``format`` targets a random option letter, teaching the tags while answers
+    stay at chance (the warm-start a randomly initialised tiny model needs
+    before GRPO, like the instruction tuning a real base model already has).
+    """
+
+    target: str = "answer"  # answer | format
+    prompt_style: PromptStyle = PromptStyle.think
+    reasoning: str = "I look at the image and the options."
+    epochs: float = 1.0
+    lr: float = 2e-5
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.1
+    batch_size: int = 16
+    max_records: Optional[int] = None
+    output_dir: str = "outputs/sft"
+    # Run a `format` warm-start into this directory before GRPO when it holds no model yet ("" = off).
+    warmstart_dir: str = ""
+    warmstart_epochs: float = 2.0
+    warmstart_lr: float = 1e-3
+
+
+@dataclass
 class EvalConfig:
     max_new_tokens: int = 256
     max_samples: Optional[int] = None
@@ -247,6 +273,7 @@ class MedR1Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
 
 
 class ConfigError(ValueError):
@@ -339,6 +366,10 @@ def validate(cfg: Any) -> None:
         problems.append("trainer.prompts_per_step must be >= 1")
     if cfg.weight_sync.backend == SyncBackend.nccl and cfg.rollout.resources_per_worker.num_gpus <= 0:
         problems.append("weight_sync.backend=nccl needs GPUs: set rollout.resources_per_worker.num_gpus > 0")
+    if cfg.sft.target not in ("answer", "format"):
+        problems.append(f"sft.target must be one of answer, format (got '{cfg.sft.target}')")
+    if cfg.sft.lr_scheduler not in ("constant", "cosine", "linear"):
+        problems.append(f"sft.lr_scheduler must be one of constant, cosine, linear (got '{cfg.sft.lr_scheduler}')")
     if not cfg.reward.functions:
         problems.append("reward.functions is empty: name at least one reward")
     if problems:

@@ -60,6 +60,22 @@ def ensure_data(cfg):
     return train, test
 
 
+def ensure_warmstart(cfg, model_path: str, train: list) -> str:
+    """The format warm-start (SFT on random letters) the run starts from, built once if configured."""
+    from pipelines.tiny_model import is_model_dir
+
+    if not cfg.sft.warmstart_dir:
+        return model_path
+    hf = Path(cfg.sft.warmstart_dir) / "hf"
+    if not is_model_dir(hf):
+        from pipelines.sft import run_sft
+
+        log.info("format warm-start of %s into %s", model_path, hf)
+        run_sft(cfg, model_path, train, cfg.sft.warmstart_dir, target="format",
+                epochs=cfg.sft.warmstart_epochs, lr=cfg.sft.warmstart_lr)
+    return str(hf)
+
+
 def resource_plan(cfg):
     from cluster.resources import ResourcePlan, RoleSpec
 
@@ -205,6 +221,7 @@ def start_run(cfg) -> RunContext:
         num_cpus = max(os.cpu_count() or 1, int(-(-plan.totals().get("CPU", 1) // 1)))
     info = connect(cfg.cluster.address, num_cpus=num_cpus, dashboard_host=cfg.cluster.dashboard_host,
                    env_vars=dict(cfg.cluster.runtime_env_vars), working_dir_on_path=str(REPO_ROOT))
+    model_path = ensure_warmstart(cfg, model_path, train)
     print(plan.table(info["resources"]))
     if info.get("dashboard_url"):
         print(f"Ray dashboard: {info['dashboard_url']}")

@@ -1,0 +1,177 @@
+"""Ray shell around ``learner.deepspeed_learner.GRPOLearner``: one actor per DeepSpeed rank.
+
+``LearnerGroup`` (driver side, not an actor) starts the ranks, wires torch.distributed
+(rank 0 picks MASTER_ADDR/PORT), shards each batch across ranks and averages metrics.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any, Optional, Sequence
+
+import ray
+
+
+@ray.remote
+class LearnerWorker:
+    """One learner rank. Construction is cheap; ``setup`` builds the DeepSpeed engine."""
+
+    def __init__(self):
+        self.learner = None
+
+    def ready(self) -> bool:
+        return True
+
+    def node_ip(self) -> str:
+        return ray.util.get_node_ip_address()
+
+    def get_master_addr_port(self) -> tuple[str, int]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def setup(self, env: dict[str, str], model_path: str, learner_cfg, grpo_cfg, kwargs: dict) -> bool:
+        os.environ.update({k: str(v) for k, v in env.items()})
+        from learner.deepspeed_learner import GRPOLearner
+
+        self.learner = GRPOLearner(model_path, learner_cfg, grpo_cfg, **kwargs)
+        return True
+
+    def train_step(self, samples) -> dict[str, float]:
+        return self.learner.train_step(samples)
+
+    def push_state_dict(self):
+        return self.learner.push_state_dict()
+
+    def save_checkpoint(self, directory: str, client_state: Optional[dict] = None) -> str:
+        return self.learner.save_checkpoint(directory, client_state)
+
+    def load_checkpoint(self, directory: str) -> dict:
+        return self.learner.load_checkpoint(directory)
+
+    def greedy_generate(self, prompt_text: str, image_png: bytes, max_new_tokens: int) -> list[int]:
+        return self.learner.greedy_generate(prompt_text, image_png, max_new_tokens)
+
+    def get_lr(self) -> float:
+        return self.learner.get_lr()
+
+
+def shard(n: int, world: int, group_size: Optional[int] = None) -> list[tuple[int, int]]:
+    """Contiguous [start, end) chunks of n items over `world` ranks, as even as possible.
+
+    With ``group_size`` dividing n, whole groups are distributed (rank sizes differ by at most
+    one group); otherwise items are split evenly. Some ranks may get nothing when n < world.
+    """
+    unit = group_size if group_size and group_size > 0 and n % group_size == 0 and n // group_size >= world else 1
+    units = n // unit
+    base, extra = divmod(units, world)
+    out, start = [], 0
+    for r in range(world):
+        size = (base + (1 if r < extra else 0)) * unit
+        out.append((start, start + size))
+        start += size
+    return out
+
+
+_SUMMED = {"num_tokens", "num_samples"}
+_MAXED = {"learner_time", "optimizer_steps"}
+
+
+def merge_metrics(per_rank: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Rank mean; token/sample counts summed; time and step counters maxed."""
+    keys = sorted({k for m in per_rank for k in m})
+    out = {}
+    for k in keys:
+        vals = [float(m[k]) for m in per_rank if k in m]
+        if k in _SUMMED:
+            out[k] = sum(vals)
+        elif k in _MAXED:
+            out[k] = max(vals)
+        elif k == "loss":  # each rank reports world * its share; the mean over all ranks is the global loss
+            out[k] = sum(vals) / len(per_rank)
+        else:
+            out[k] = sum(vals) / len(vals)
+    return out
+
+
+class LearnerGroup:
+    """Driver-side helper owning N ``LearnerWorker`` actors (``learner-{i}``)."""
+
+    def __init__(self, model_path: str, learner_cfg, grpo_cfg, *, total_steps: int, samples_per_step: int,
+                 num_workers: Optional[int] = None, resources=None, placement_group=None,
+                 bundle_indices: Optional[Sequence[int]] = None, name_prefix: str = "learner",
+                 env: Optional[dict[str, str]] = None, learner_kwargs: Optional[dict[str, Any]] = None):
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        self.world_size = int(num_workers if num_workers is not None else learner_cfg.num_workers)
+        res = resources if resources is not None else learner_cfg.resources_per_worker
+        num_cpus = float(getattr(res, "num_cpus", 1.0))
+        num_gpus = float(getattr(res, "num_gpus", 0.0))
+        custom = dict(getattr(res, "custom", {}) or {})
+        self.zero_stage = int(learner_cfg.zero_stage)
+        self.workers = []
+        for i in range(self.world_size):
+            opts: dict[str, Any] = dict(name=f"{name_prefix}-{i}", num_cpus=num_cpus, num_gpus=num_gpus)
+            if custom:
+                opts["resources"] = custom
+            if placement_group is not None:
+                idx = bundle_indices[i] if bundle_indices is not None else i
+                opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                    placement_group=placement_group, placement_group_bundle_index=idx)
+            if env:
+                opts["runtime_env"] = {"env_vars": dict(env)}
+            self.workers.append(LearnerWorker.options(**opts).remote())
+        ray.get([w.ready.remote() for w in self.workers])
+
+        addr, port = ray.get(self.workers[0].get_master_addr_port.remote())
+        ips = ray.get([w.node_ip.remote() for w in self.workers])
+        seen: dict[str, int] = {}
+        per_rank_samples = -(-int(samples_per_step) // self.world_size)
+        kwargs = dict(total_steps=int(total_steps), samples_per_step_per_rank=max(per_rank_samples, 1))
+        kwargs.update(learner_kwargs or {})
+        setups = []
+        for rank, (w, ip) in enumerate(zip(self.workers, ips)):
+            local = seen.get(ip, 0)
+            seen[ip] = local + 1
+            env_r = {"MASTER_ADDR": addr, "MASTER_PORT": str(port), "RANK": str(rank),
+                     "WORLD_SIZE": str(self.world_size),
+                     # With GPUs Ray shows each actor only its own device, so it is cuda:0 there.
+                     "LOCAL_RANK": "0" if num_gpus > 0 else str(local)}
+            setups.append(w.setup.remote(env_r, str(model_path), learner_cfg, grpo_cfg, kwargs))
+        ray.get(setups)
+
+    # ------------------------------------------------------------------
+    def _all(self, method: str, *args):
+        return ray.get([getattr(w, method).remote(*args) for w in self.workers])
+
+    def train_step(self, samples: Sequence, group_size: Optional[int] = None) -> dict[str, float]:
+        samples = list(samples)
+        chunks = shard(len(samples), self.world_size, group_size)
+        refs = [w.train_step.remote(samples[a:b]) for w, (a, b) in zip(self.workers, chunks)]
+        return merge_metrics(ray.get(refs))
+
+    def push_state_dict(self, as_ref: bool = False):
+        """All ranks gather (collective under ZeRO-3); returns rank 0's dict (or its ObjectRef)."""
+        refs = [w.push_state_dict.remote() for w in self.workers]
+        ray.get(refs[1:])
+        return refs[0] if as_ref else ray.get(refs[0])
+
+    def save_checkpoint(self, directory: str, client_state: Optional[dict] = None) -> str:
+        return self._all("save_checkpoint", str(directory), client_state)[0]
+
+    def load_checkpoint(self, directory: str) -> dict:
+        return self._all("load_checkpoint", str(directory))[0]
+
+    def greedy_generate(self, prompt_text: str, image_png: bytes, max_new_tokens: int) -> list[int]:
+        if self.zero_stage == 3 and self.world_size > 1:  # partitioned weights: every rank takes part
+            return self._all("greedy_generate", prompt_text, image_png, max_new_tokens)[0]
+        return ray.get(self.workers[0].greedy_generate.remote(prompt_text, image_png, max_new_tokens))
+
+    def shutdown(self) -> None:
+        for w in self.workers:
+            try:
+                ray.kill(w)
+            except Exception:
+                pass
+        self.workers = []

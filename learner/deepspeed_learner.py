@@ -1,0 +1,369 @@
+"""One DeepSpeed ZeRO rank of the GRPO learner.
+
+The caller (``actors.learner_worker`` or a test) sets the torch.distributed env vars
+(MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK) before constructing it.
+
+Decisions:
+- Optimizer: ``torch.optim.AdamW`` passed to DeepSpeed as a client optimizer (runs on CPU
+  and GPU without compiling ops). With ``offload_optimizer`` DeepSpeed's CPU AdamW is used
+  instead (DeepSpeed JIT-builds its cpu_adam op; gcc + ninja needed).
+- Loss normalisation is global: each micro-batch loss is weighted by its share of the
+  *global* batch (sequences, or tokens for ``token_mean``; counts all-reduced once per
+  step) times world size, and ``backward(scale_wrt_gas=False)``. DeepSpeed's rank average
+  then yields exactly the gradient of the loss over the whole batch, however the samples
+  are split across ranks and micro-batches.
+- Every rank runs the same number of micro-batches (max over ranks); a rank short of
+  micro-batches (or with no samples) runs a dummy micro-batch with loss weight 0, so ZeRO
+  collectives never deadlock. If the whole world has no sample, no step is taken.
+- Reference model (only when beta > 0): under ZeRO-3 it is a second DeepSpeed engine with
+  ZeRO-3 partitioning and no optimizer (partitioned like the policy, forward is collective);
+  under stages 0-2 it is a plain full copy in eval mode. Reference log-probs are computed
+  once per ``train_step`` and reused across ``updates_per_batch`` passes.
+- One pass over the rank's samples = one optimizer step; ``updates_per_batch`` passes =
+  that many steps per ``train_step``; the LR schedule counts optimizer steps
+  (total_steps * updates_per_batch).
+- Policy weights are loaded in full on every rank and partitioned by ``deepspeed.initialize``
+  (fine up to a few B parameters; a ``zero.Init`` load path would be needed for much larger models).
+"""
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+
+from learner.policy import (build_inputs, completion_logprobs, decode_image, exported_parameters, load_policy,
+                            load_processor, resolve_dtype, to_device)
+from learner.samples import TrainSample, dummy_sample
+
+log = logging.getLogger(__name__)
+
+_DS_TAG = "state"
+
+
+def _val(x):
+    return x.value if isinstance(x, enum.Enum) else x
+
+
+def lr_lambda(schedule: str, total_steps: int, warmup_ratio: float):
+    """Multiplier of the base lr at optimizer step s (LambdaLR convention)."""
+    total = max(int(total_steps), 1)
+    warmup = int(math.ceil(warmup_ratio * total)) if warmup_ratio > 0 else 0
+    if schedule not in ("constant", "cosine", "linear"):
+        raise ValueError(f"lr_scheduler must be constant, cosine or linear (got {schedule!r})")
+
+    def fn(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / (warmup + 1)
+        if schedule == "constant":
+            return 1.0
+        progress = min(max(step - warmup, 0) / max(total - warmup, 1), 1.0)
+        if schedule == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return fn
+
+
+def build_ds_config(learner_cfg, *, world_size: int, samples_per_step_per_rank: int,
+                    client_optimizer: bool) -> dict:
+    mb = int(learner_cfg.micro_batch_size)
+    gas = max(1, math.ceil(samples_per_step_per_rank / mb))
+    stage = int(learner_cfg.zero_stage)
+    zero: dict[str, Any] = {"stage": stage}
+    if stage in (1, 2):
+        zero.update({"contiguous_gradients": True, "overlap_comm": False, "reduce_scatter": True})
+    if stage == 3:
+        zero.update({"contiguous_gradients": True, "overlap_comm": False,
+                     "stage3_gather_16bit_weights_on_model_save": False})
+    if learner_cfg.offload_optimizer:
+        if stage == 0:
+            raise ValueError("offload_optimizer needs zero_stage >= 1")
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    cfg: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": mb,
+        "gradient_accumulation_steps": gas,
+        "train_batch_size": mb * gas * world_size,
+        "gradient_clipping": float(learner_cfg.grad_clip),
+        "zero_optimization": zero,
+        "bf16": {"enabled": bool(learner_cfg.bf16)},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+    if not client_optimizer:
+        cfg["optimizer"] = {"type": "AdamW", "params": {
+            "lr": float(learner_cfg.lr), "betas": [float(b) for b in learner_cfg.adam_betas],
+            "eps": 1e-8, "weight_decay": float(learner_cfg.weight_decay)}}
+    return cfg
+
+
+class GRPOLearner:
+    def __init__(self, model_path: str, learner_cfg, grpo_cfg, *, total_steps: int,
+                 samples_per_step_per_rank: int, dtype: str = "float32", temperature: float = 1.0,
+                 attn_implementation: str = "sdpa", seed: int = 0, objective: str = "grpo"):
+        import deepspeed
+        from deepspeed.accelerator import get_accelerator
+
+        self.cfg, self.grpo = learner_cfg, grpo_cfg
+        if objective not in ("grpo", "sft"):
+            raise ValueError(f"objective must be grpo or sft, got {objective!r}")
+        # "sft": token-mean negative log-likelihood of the given completions (SFT baseline, warm-start).
+        self.objective = objective
+        self.model_path = str(model_path)
+        self.temperature = float(temperature)
+        backend = learner_cfg.dist_backend
+        if backend == "auto":
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+        deepspeed.init_distributed(dist_backend=backend)
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.stage = int(learner_cfg.zero_stage)
+        # Counts and other small collectives go through a gloo group (works with nccl too, CPU tensors).
+        self._cpu_group = dist.new_group(backend="gloo") if backend != "gloo" else None
+        torch.manual_seed(seed)
+
+        self.processor = load_processor(self.model_path)
+        self.pad_id = self.processor.tokenizer.pad_token_id
+        self.eos_id = self.processor.tokenizer.eos_token_id
+        self._dummy = dummy_sample(self.eos_id)
+
+        model = load_policy(self.model_path, dtype=dtype, attn_implementation=attn_implementation)
+        model.config.use_cache = False
+        if learner_cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+
+        self.updates_per_batch = max(1, int(grpo_cfg.updates_per_batch))
+        opt_steps = max(1, int(total_steps) * self.updates_per_batch)
+        sched = lr_lambda(str(learner_cfg.lr_scheduler), opt_steps, float(learner_cfg.warmup_ratio))
+        client_opt = not learner_cfg.offload_optimizer
+        ds_config = build_ds_config(learner_cfg, world_size=self.world_size,
+                                    samples_per_step_per_rank=samples_per_step_per_rank,
+                                    client_optimizer=client_opt)
+        optimizer = None
+        if client_opt:
+            params = [p for p in model.parameters() if p.requires_grad]
+            optimizer = torch.optim.AdamW(params, lr=float(learner_cfg.lr),
+                                          betas=tuple(float(b) for b in learner_cfg.adam_betas),
+                                          eps=1e-8, weight_decay=float(learner_cfg.weight_decay))
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=ds_config,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, sched),
+            model_parameters=None if client_opt else [p for p in model.parameters() if p.requires_grad])
+        self.device = self.engine.device
+        self.compute_dtype = torch.bfloat16 if learner_cfg.bf16 else resolve_dtype(dtype)
+        self.ds_config = ds_config
+
+        self.ref = None
+        self.beta = float(grpo_cfg.beta)
+        if self.beta > 0:
+            ref = load_policy(self.model_path, dtype=dtype, attn_implementation=attn_implementation)
+            ref.config.use_cache = False
+            ref.requires_grad_(False)
+            ref.eval()
+            if self.stage == 3:
+                ref_cfg = {"train_micro_batch_size_per_gpu": ds_config["train_micro_batch_size_per_gpu"],
+                           "gradient_accumulation_steps": ds_config["gradient_accumulation_steps"],
+                           "train_batch_size": ds_config["train_batch_size"],
+                           "zero_optimization": {"stage": 3, "overlap_comm": False},
+                           "bf16": {"enabled": bool(learner_cfg.bf16)},
+                           "steps_per_print": 1 << 30}
+                self.ref, *_ = deepspeed.initialize(model=ref, config=ref_cfg)
+                self.ref.eval()
+            else:
+                self.ref = ref.to(device=self.device, dtype=self.compute_dtype)
+        self.optimizer_steps = 0
+        log.info("GRPOLearner rank %d/%d: ZeRO-%d, backend %s, ds_config %s", self.rank, self.world_size,
+                 self.stage, backend, json.dumps(ds_config))
+
+    # ------------------------------------------------------------------ helpers
+    def _all_reduce(self, t: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
+        if self.world_size > 1:
+            dist.all_reduce(t, op=op, group=self._cpu_group)
+        return t
+
+    def _local_grad_norm(self) -> Optional[float]:
+        # ZeRO-0 does not report a norm; after the boundary backward the grads are already rank-averaged.
+        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+        if not grads:
+            return None
+        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
+
+    def _batch(self, samples):
+        b = build_inputs(self.processor, samples, self.pad_id)
+        return to_device(b, self.device, float_dtype=self.compute_dtype)
+
+    # ------------------------------------------------------------------ training
+    def train_step(self, samples: list[TrainSample]) -> dict[str, float]:
+        t0 = time.perf_counter()
+        g = self.grpo
+        loss_agg = "token_mean" if self.objective == "sft" else str(_val(g.loss_agg))
+        mb = int(self.cfg.micro_batch_size)
+        chunks = [samples[i:i + mb] for i in range(0, len(samples), mb)]
+        n_tok_local = sum(len(s.completion_ids) for s in samples)
+        counts = self._all_reduce(torch.tensor([len(samples), n_tok_local], dtype=torch.float64))
+        n_micro = int(self._all_reduce(torch.tensor([len(chunks)], dtype=torch.int64), dist.ReduceOp.MAX)[0])
+        global_seqs, global_tokens = float(counts[0]), float(counts[1])
+        if global_seqs == 0:
+            return {"skipped": 1.0, "num_samples": 0.0, "learner_time": time.perf_counter() - t0}
+        filler = samples[:1] or [self._dummy]
+        # (samples, weight): weight = share of the global batch * world (DeepSpeed averages over ranks).
+        micro = []
+        for i in range(n_micro):
+            if i < len(chunks):
+                c = chunks[i]
+                share = (sum(len(s.completion_ids) for s in c) / max(global_tokens, 1.0)
+                         if loss_agg == "token_mean" else len(c) / global_seqs)
+                micro.append((c, share * self.world_size))
+            else:
+                micro.append((filler, 0.0))
+        batches = [self._batch(c) for c, _ in micro]
+
+        ref_logps: list[Optional[torch.Tensor]] = [None] * len(batches)
+        if self.ref is not None:
+            with torch.no_grad():
+                for i, b in enumerate(batches):
+                    ref_logps[i], _ = completion_logprobs(self.ref, b, self.temperature)
+
+        sums: dict[str, float] = {}
+        wsum = 0.0
+        grad_norms, lrs = [], []
+        loss_total = 0.0
+        self.engine.train()
+        for _ in range(self.updates_per_batch):
+            for i, (b, (c, w)) in enumerate(zip(batches, micro)):
+                self.engine.set_gradient_accumulation_boundary(i == len(batches) - 1)
+                logp, ent = completion_logprobs(self.engine, b, self.temperature, compute_entropy=True)
+                if self.objective == "sft":
+                    loss, m = _sft_loss(logp, b, ent)
+                else:
+                    loss, m = _grpo_loss(logp, b, ref_logps[i], g, ent)
+                self.engine.backward(loss * w, scale_wrt_gas=False)
+                if w > 0:
+                    loss_total += float(m["loss"]) * w
+                    nb = float(len(c))
+                    wsum += nb
+                    for k, v in m.items():
+                        if k != "num_tokens":
+                            sums[k] = sums.get(k, 0.0) + float(v) * nb
+            lrs.append(float(self.scheduler.get_last_lr()[0]))
+            pre_norm = self._local_grad_norm() if self.stage == 0 else None
+            self.engine.step()
+            self.optimizer_steps += 1
+            gn = self.engine.get_global_grad_norm()
+            if gn is None:
+                gn = pre_norm
+            if gn is not None:
+                grad_norms.append(float(gn))
+
+        metrics = {k: v / wsum for k, v in sums.items()} if wsum > 0 else {}
+        # loss: this rank's share of the global objective times world size, so the rank mean is the global loss.
+        metrics["loss"] = loss_total / self.updates_per_batch
+        metrics["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else float("nan")
+        metrics["lr"] = lrs[0]
+        metrics["num_tokens"] = float(n_tok_local)
+        metrics["num_samples"] = float(len(samples))
+        metrics["optimizer_steps"] = float(self.optimizer_steps)
+        metrics["learner_time"] = time.perf_counter() - t0
+        return metrics
+
+    # ------------------------------------------------------------------ weights
+    def _gathered_params(self):
+        """Yield (in-memory name, checkpoint name, full tensor on CPU or None off rank 0). Collective under ZeRO-3."""
+        import deepspeed
+
+        module = self.engine.module
+        for name, ck, p in exported_parameters(module):
+            if self.stage == 3 and hasattr(p, "ds_id"):
+                with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+                    t = p.data.detach().to("cpu").contiguous().clone() if self.rank == 0 else None
+            else:
+                t = p.detach().to("cpu").contiguous().clone() if self.rank == 0 else None
+            yield name, ck, t
+
+    def push_state_dict(self) -> Optional[dict[str, torch.Tensor]]:
+        """Full weights under vLLM/checkpoint names on rank 0 (None elsewhere). All ranks must call."""
+        out = {ck: t for _, ck, t in self._gathered_params()}
+        return out if self.rank == 0 else None
+
+    def save_checkpoint(self, directory: str, client_state: Optional[dict] = None) -> str:
+        """``dir/hf`` (safetensors + config + processor, rank 0) and ``dir/deepspeed`` (engine state). Collective."""
+        from safetensors.torch import save_file
+
+        d = Path(directory)
+        sd = self.push_state_dict()
+        if self.rank == 0:
+            hf = d / "hf"
+            hf.mkdir(parents=True, exist_ok=True)
+            save_file(sd, str(hf / "model.safetensors"), metadata={"format": "pt"})
+            self.engine.module.config.save_pretrained(hf)
+            gen = getattr(self.engine.module, "generation_config", None)
+            if gen is not None:
+                gen.save_pretrained(hf)
+            self.processor.save_pretrained(hf)
+        del sd
+        self.engine.save_checkpoint(str(d / "deepspeed"), tag=_DS_TAG,
+                                    client_state={"medr1_client_state": dict(client_state or {}),
+                                                  "medr1_optimizer_steps": self.optimizer_steps})
+        if self.world_size > 1:
+            dist.barrier()
+        return str(d)
+
+    def load_checkpoint(self, directory: str) -> dict:
+        """Restore weights, optimizer and scheduler from ``dir/deepspeed``; returns the saved client_state."""
+        path, client = self.engine.load_checkpoint(str(Path(directory) / "deepspeed"), tag=_DS_TAG,
+                                                   load_optimizer_states=True, load_lr_scheduler_states=True)
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint under {directory}/deepspeed")
+        client = client or {}
+        self.optimizer_steps = int(client.get("medr1_optimizer_steps", self.optimizer_steps))
+        return dict(client.get("medr1_client_state", {}))
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def greedy_generate(self, prompt_text: str, image_png: bytes, max_new_tokens: int) -> list[int]:
+        """HF greedy decoding of one prompt. Under ZeRO-3 with >1 rank every rank must call it."""
+        enc = self.processor(text=[prompt_text], images=[decode_image(image_png)], return_tensors="pt")
+        enc = {k: v.to(self.device) for k, v in enc.items()}
+        enc["pixel_values"] = enc["pixel_values"].to(self.compute_dtype)
+        module = self.engine.module
+        was_training = module.training
+        module.eval()
+        try:
+            out = module.generate(**enc, max_new_tokens=int(max_new_tokens), do_sample=False, use_cache=True,
+                                  synced_gpus=(self.stage == 3 and self.world_size > 1))
+        finally:
+            module.train(was_training)
+        return out[0, enc["input_ids"].shape[1]:].tolist()
+
+    def get_lr(self) -> float:
+        return float(self.scheduler.get_last_lr()[0])
+
+
+def _grpo_loss(logp, b, ref_logp, g, entropy):
+    from learner.grpo import grpo_loss
+
+    beta = float(g.beta)
+    return grpo_loss(logp, b["old_logprobs"], b["advantages"], b["completion_mask"],
+                     ref_logp if beta > 0 else None,
+                     beta=beta, kl_estimator=str(_val(g.kl_estimator)), clip_low=float(g.clip_low),
+                     clip_high=float(g.clip_high), loss_agg=str(_val(g.loss_agg)),
+                     seq_sum_norm_constant=float(g.seq_sum_norm_constant), entropy=entropy)
+
+
+def _sft_loss(logp, b, entropy):
+    """Token-mean NLL over the completion tokens of this micro-batch."""
+    mask = b["completion_mask"].to(logp.dtype)
+    n = mask.sum().clamp(min=1.0)
+    loss = -(logp * mask).sum() / n
+    m = {"loss": float(loss.detach()), "nll": float(loss.detach()), "num_tokens": float(mask.sum())}
+    if entropy is not None:
+        m["entropy"] = float((entropy.detach() * mask).sum() / n)
+    return loss, m

@@ -1,0 +1,192 @@
+"""Qwen2-VL policy helpers: load, batch ``TrainSample``s, completion log-probs, vLLM weight names.
+
+Batches are RIGHT-padded: row i is ``prompt_i (image pads expanded) + completion_i + pad``.
+Only the logits that predict completion tokens are materialised: the model is asked for
+the positions ``[min_i P_i - 1, max_i (P_i + C_i) - 1)`` (``logits_to_keep`` as an index
+tensor), and each row's own window is gathered from that slice. With prompts of similar
+length this is ~T_c positions instead of the full prompt + completion.
+"""
+from __future__ import annotations
+
+import io
+from typing import Optional, Sequence
+
+import torch
+
+from learner.samples import TrainSample
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+           "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = getattr(dtype, "value", dtype)
+    try:
+        return _DTYPES[str(name)]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}") from None
+
+
+def load_policy(path: str, dtype="float32", attn_implementation: str = "sdpa"):
+    from transformers import Qwen2VLForConditionalGeneration
+
+    return Qwen2VLForConditionalGeneration.from_pretrained(
+        path, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation, trust_remote_code=False)
+
+
+def load_processor(path: str):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(path, trust_remote_code=False)
+
+
+def decode_image(png: bytes):
+    from PIL import Image
+
+    return Image.open(io.BytesIO(png)).convert("RGB")
+
+
+def build_inputs(processor, samples: Sequence[TrainSample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Batch samples for one forward pass.
+
+    Returns (CPU tensors):
+      input_ids, attention_mask, mm_token_type_ids  [B, L]  prompt + completion, right-padded
+      pixel_values [sum patches, D], image_grid_thw [B, 3]
+      completion_ids, completion_mask, old_logprobs [B, T_c]  (T_c = longest completion)
+      advantages [B], prompt_lengths [B], completion_lengths [B]
+    """
+    if not samples:
+        raise ValueError("build_inputs needs at least one sample")
+    rows, pixel_values, grids = [], [], []
+    for s in samples:
+        enc = processor(text=[s.prompt_text], images=[decode_image(s.image)], return_tensors="pt")
+        ids = enc["input_ids"][0]
+        tt = enc.get("mm_token_type_ids")
+        tt = tt[0] if tt is not None else torch.zeros_like(ids)
+        rows.append((ids, tt, torch.tensor(s.completion_ids, dtype=torch.long)))
+        pixel_values.append(enc["pixel_values"])
+        grids.append(enc["image_grid_thw"])
+    B = len(samples)
+    P = torch.tensor([r[0].numel() for r in rows], dtype=torch.long)
+    C = torch.tensor([r[2].numel() for r in rows], dtype=torch.long)
+    L = int((P + C).max())
+    Tc = max(int(C.max()), 1)
+    input_ids = torch.full((B, L), int(pad_id), dtype=torch.long)
+    attention_mask = torch.zeros((B, L), dtype=torch.long)
+    mm_token_type_ids = torch.zeros((B, L), dtype=torch.long)
+    completion_ids = torch.full((B, Tc), int(pad_id), dtype=torch.long)
+    completion_mask = torch.zeros((B, Tc), dtype=torch.float32)
+    old_logprobs = torch.zeros((B, Tc), dtype=torch.float32)
+    for i, ((ids, tt, comp), s) in enumerate(zip(rows, samples)):
+        p, c = ids.numel(), comp.numel()
+        input_ids[i, :p] = ids
+        input_ids[i, p:p + c] = comp
+        attention_mask[i, :p + c] = 1
+        mm_token_type_ids[i, :p] = tt
+        completion_ids[i, :c] = comp
+        completion_mask[i, :c] = 1.0
+        old_logprobs[i, :c] = torch.tensor(s.old_logprobs, dtype=torch.float32)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "mm_token_type_ids": mm_token_type_ids,
+        "pixel_values": torch.cat(pixel_values, dim=0),
+        "image_grid_thw": torch.cat(grids, dim=0),
+        "completion_ids": completion_ids,
+        "completion_mask": completion_mask,
+        "old_logprobs": old_logprobs,
+        "advantages": torch.tensor([float(s.advantage) for s in samples], dtype=torch.float32),
+        "prompt_lengths": P,
+        "completion_lengths": C,
+    }
+
+
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")
+
+
+def to_device(batch: dict[str, torch.Tensor], device, float_dtype: Optional[torch.dtype] = None):
+    out = {}
+    for k, v in batch.items():
+        v = v.to(device)
+        if k == "pixel_values" and float_dtype is not None:
+            v = v.to(float_dtype)
+        out[k] = v
+    return out
+
+
+def completion_logprobs(model, batch: dict[str, torch.Tensor], temperature: float = 1.0,
+                        compute_entropy: bool = False):
+    """Log-prob of each completion token under ``model`` (an HF model or a DeepSpeed engine).
+
+    Returns (logp [B, T_c] float32, entropy [B, T_c] float32 or None). Padded positions are 0.
+    Gradients flow into ``logp`` (call under ``torch.no_grad()`` for reference/old log-probs);
+    entropy is always computed without gradient.
+    """
+    P, C = batch["prompt_lengths"], batch["completion_lengths"]
+    comp = batch["completion_ids"]
+    mask = batch["completion_mask"].bool()
+    B, Tc = comp.shape
+    device = comp.device
+    # Logits at position t predict token t+1: completion token j of row i is predicted at P_i - 1 + j.
+    lo = int((P - 1).min())
+    hi = max(int((P + C).max()) - 1, lo + 1)
+    keep = torch.arange(lo, hi, device=device)
+    out = model(**{k: batch[k] for k in MODEL_INPUT_KEYS}, logits_to_keep=keep, use_cache=False)
+    logits = out.logits  # [B, hi - lo, V]
+    W = logits.shape[1]
+    idx = (P.to(device) - 1 - lo)[:, None] + torch.arange(Tc, device=device)[None, :]
+    idx = idx.clamp(0, W - 1)
+    logits = torch.gather(logits, 1, idx[:, :, None].expand(-1, -1, logits.shape[-1])).float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    lse = torch.logsumexp(logits, dim=-1)
+    tok = torch.gather(logits, 2, comp[:, :, None]).squeeze(-1)
+    logp = torch.where(mask, tok - lse, torch.zeros_like(lse))
+    entropy = None
+    if compute_entropy:
+        with torch.no_grad():
+            probs = torch.softmax(logits.detach(), dim=-1)
+            ent = lse.detach() - (probs * logits.detach()).sum(-1)
+            entropy = torch.where(mask, ent, torch.zeros_like(ent))
+    return logp, entropy
+
+
+# -----------------------------------------------------------------------------
+# names: transformers 5 in-memory -> checkpoint / vLLM
+
+
+def checkpoint_name(name: str) -> str:
+    """``model.language_model.X`` -> ``model.X``; ``model.visual.X`` -> ``visual.X``; others unchanged."""
+    if name.startswith("model.language_model."):
+        return "model." + name[len("model.language_model."):]
+    if name.startswith("model.visual."):
+        return "visual." + name[len("model.visual."):]
+    return name
+
+
+def is_tied(model) -> bool:
+    cfg = getattr(model, "config", None)
+    tied = getattr(cfg, "tie_word_embeddings", None)
+    if tied is None:
+        tied = getattr(getattr(cfg, "text_config", None), "tie_word_embeddings", False)
+    return bool(tied)
+
+
+def exported_parameters(model):
+    """(in-memory name, checkpoint name, parameter) for every weight a checkpoint stores.
+
+    Tied ``lm_head.weight`` is not stored (the saved checkpoint omits it; vLLM ties it itself).
+    """
+    tied = is_tied(model)
+    for name, p in model.named_parameters():  # de-duplicated: a tied head appears once
+        ck = checkpoint_name(name)
+        if tied and ck == "lm_head.weight":
+            continue
+        yield name, ck, p
+
+
+def vllm_state_dict(model) -> dict[str, torch.Tensor]:
+    """Full weights under checkpoint/vLLM names, as contiguous CPU tensors (non-partitioned models)."""
+    return {ck: p.detach().to("cpu").contiguous().clone() for _, ck, p in exported_parameters(model)}
