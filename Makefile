@@ -22,8 +22,7 @@ $(STAMP): $(DEPS)
 	@touch $@
 
 run: env
-	@test -f outputs/tiny-qwen2vl/config.json || $(VENV)/bin/medr1 init-model --out outputs/tiny-qwen2vl
-	$(VENV)/bin/medr1 generate --model outputs/tiny-qwen2vl -n 4
+	$(VENV)/bin/medr1 train configs/tiny_cpu.yaml
 
 test: env
 	$(PY) -m pytest tests
