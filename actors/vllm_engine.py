@@ -161,11 +161,13 @@ class RolloutEngine:
         except Exception as e:
             # One bad prompt fails the whole batch inside vLLM; retry one by one to isolate it.
             log.warning("batch generation failed (%s); retrying prompt by prompt", e)
+            self._drop_unfinished()
             outputs = []
             for req, sp, i in zip(requests, params, index):
                 try:
                     outputs.extend(self.llm.generate([req], [sp], use_tqdm=False))
                 except Exception as e1:
+                    self._drop_unfinished()
                     results[i].error = f"generation failed: {type(e1).__name__}: {e1}"
                     outputs.append(None)
         for out, i in zip(outputs, index):
@@ -183,10 +185,19 @@ class RolloutEngine:
                 )
         return results
 
+    def _drop_unfinished(self) -> None:
+        """After a failed step the engine still holds the failed requests; a later
+        generate would run them again (and fail again). Abort them and clear caches."""
+        engine = self.llm.llm_engine
+        stale = list(getattr(engine.output_processor, "request_states", {}).keys())
+        if stale:
+            engine.abort_request(stale, internal=True)
+        self.reset_cache()
+
     # --- weights -----------------------------------------------------------
     def load_safetensors(self, payload: bytes) -> int:
         counts = self.llm.collective_rpc("medr1_load_safetensors", args=(payload,))
-        self.llm.reset_prefix_cache()  # cached KV was computed with the old weights
+        self.reset_cache()
         return int(counts[0])
 
     def weight_checksum(self) -> str:
@@ -200,4 +211,10 @@ class RolloutEngine:
         return int(n)
 
     def reset_cache(self) -> None:
+        """Forget everything computed with the old weights: cached KV and vision-encoder outputs.
+
+        The worker drops its encoder outputs on reload, but the scheduler still believes
+        an image it saw before is cached and would skip encoding it ("Encoder cache miss").
+        """
         self.llm.reset_prefix_cache()
+        self.llm.llm_engine.reset_encoder_cache()

@@ -38,19 +38,37 @@ def _enable_token_auth_if_available() -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
+def _tcp_ok(host: str, port: int, timeout: float) -> Optional[OSError]:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as e:
+        return e
+
+
 def _check_tcp(target: str, timeout: float) -> None:
-    """Fail fast on ``host:port`` that does not accept connections (ray.init would retry for a minute)."""
+    """Fail fast on ``host:port`` that does not accept connections (ray.init would retry for minutes)."""
     hostport = target.split("://", 1)[-1]
     host, sep, port = hostport.rpartition(":")
     if not sep or not port.isdigit():
         return
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            pass
-    except OSError as e:
+    host = host.strip("[]")
+    err = _tcp_ok(host, int(port), timeout)
+    if err is not None:
         raise ClusterUnreachable(f"cannot connect to the Ray cluster at '{target}': {host}:{port} does not answer "
-                                 f"({e}). Is the head running (`ray status` on it) and the address its GCS port "
-                                 f"(6379 by default; ray:// for Ray Client on 10001)?") from None
+                                 f"({err}). Is the head running (`ray status` on it) and the address its GCS port "
+                                 f"(6379 by default; ray:// for Ray Client on 10001)?")
+    try:  # Ray rewrites a loopback address to this node's IP before connecting
+        from ray._private.services import resolve_ip_for_localhost
+
+        real = resolve_ip_for_localhost(host)
+    except Exception:
+        return
+    if real != host and _tcp_ok(real, int(port), timeout) is not None:
+        raise ClusterUnreachable(
+            f"the Ray cluster at '{target}' listens on {host} only, but Ray connects to a local cluster through "
+            f"this node's IP ({real}:{port}), which does not answer: start the head without "
+            f"--node-ip-address {host}, or use its node IP in the address")
 
 
 def connect(address: Optional[str] = None, *, num_cpus: Optional[int] = None, dashboard_host: str = "127.0.0.1",
@@ -81,11 +99,21 @@ def connect(address: Optional[str] = None, *, num_cpus: Optional[int] = None, da
             log.info("keeping the job's own values for %s", ", ".join(dropped))
         env = {k: v for k, v in env.items() if k not in taken}
     runtime_env = {"env_vars": env} if env else None
+    explicit = address not in (None, "auto", "local") and not str(address).startswith("ray://")
+    if explicit:
+        _check_tcp(str(address), connect_timeout_s)  # an unreachable address fails fast, connected or not
     if ray.is_initialized():
-        pass
+        pass  # already connected (a test session, or a caller that set Ray up itself)
     elif address is None and not os.environ.get("RAY_ADDRESS"):
-        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host=dashboard_host,
-                 runtime_env=runtime_env, log_to_driver=True)
+        # address="local": always a fresh one-machine cluster, never one a `ray start` left running.
+        try:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host=dashboard_host,
+                     runtime_env=runtime_env, log_to_driver=True)
+        except Exception as e:  # the dashboard is for watching; a run must not die because it would not start
+            log.warning("Ray dashboard failed to start (%s); continuing without it", str(e).splitlines()[0])
+            ray.shutdown()
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env,
+                     log_to_driver=True)
     else:
         target = address or os.environ.get("RAY_ADDRESS")
         _enable_token_auth_if_available()
@@ -98,7 +126,9 @@ def connect(address: Optional[str] = None, *, num_cpus: Optional[int] = None, da
     ctx = ray.get_runtime_context()
     url = None
     try:
-        url = ray.worker.get_dashboard_url() or None  # type: ignore[attr-defined]
+        from ray._private.worker import get_dashboard_url
+
+        url = get_dashboard_url() or None
     except Exception:
         url = None
     if url and not url.startswith("http"):

@@ -80,8 +80,35 @@ class InsufficientResources(RuntimeError):
     pass
 
 
-def check_plan(plan: ResourcePlan, available: dict[str, float]) -> None:
+def node_resources() -> list[dict[str, float]]:
+    """Total resources of each alive node of the connected Ray cluster (for ``check_plan(nodes=...)``)."""
+    import ray
+
+    return [dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
+
+
+def unplaceable_bundles(plan: ResourcePlan, nodes: list[dict[str, float]]) -> list[str]:
+    """Roles whose single bundle fits on no node (the totals may still fit, spread over nodes)."""
+    problems = []
+    for r in plan.roles:
+        b = r.bundle()
+        if r.count and not any(all(float(n.get(k, 0.0)) + 1e-9 >= v for k, v in b.items()) for n in nodes):
+            per = ", ".join(f"{k}={v:g}" for k, v in b.items())
+            problems.append(f"{r.role}: one worker needs {per} on one node, but no single node has that "
+                            f"(nodes: {'; '.join(', '.join(f'{k}={v:g}' for k, v in sorted(n.items()) if k in b) for n in nodes)})")
+    return problems
+
+
+def check_plan(plan: ResourcePlan, available: dict[str, float],
+               nodes: Optional[list[dict[str, float]]] = None) -> None:
+    """Refuse a plan the cluster cannot hold, naming what is missing.
+
+    ``available`` is the cluster's total (``ray.cluster_resources()``); with ``nodes``
+    (``node_resources()``) each worker's bundle must also fit on some single node.
+    """
     problems = plan.missing(available)
+    if nodes is not None:
+        problems += unplaceable_bundles(plan, nodes)
     if problems:
         raise InsufficientResources("the cluster cannot hold this run:\n  - " + "\n  - ".join(problems)
                                     + "\nLower the worker counts or per-worker resources, or add nodes.")
@@ -112,6 +139,13 @@ def create_placement_groups(plan: ResourcePlan, timeout_s: float = 300.0) -> dic
                                            name=f"medr1-{name}")
     for name, pg in groups.items():
         if not pg.wait(timeout_seconds=timeout_s):
+            from ray.util.placement_group import remove_placement_group
+
+            for other in {id(g): g for g in groups.values()}.values():
+                try:
+                    remove_placement_group(other)  # do not leave half-reserved resources behind
+                except Exception:
+                    pass
             raise InsufficientResources(f"placement group for {name} not ready after {timeout_s:.0f}s: "
                                         f"bundles {pg.bundle_specs} cannot be placed")
     return groups

@@ -205,6 +205,9 @@ class ClusterConfig:
     colocate: bool = False
     dashboard_host: str = "127.0.0.1"
     runtime_env_vars: dict[str, str] = field(default_factory=dict)
+    # Shared storage every node sees (e.g. /shared/medr1): `medr1 submit` puts outputs and
+    # checkpoints there, never in the uploaded working dir.
+    storage_path: Optional[str] = None
 
 
 @dataclass
