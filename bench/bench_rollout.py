@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SIZES = {
     "tiny (default)": {},
-    "medium (~60M)": dict(hidden_size=512, num_attention_heads=8, num_key_value_heads=4, intermediate_size=1536,
+    "medium (~60M)": dict(hidden_size=768, num_attention_heads=12, num_key_value_heads=4, intermediate_size=2048,
                           num_hidden_layers=8, vision_embed_dim=256, vision_depth=4, vision_num_heads=4),
 }
 
