@@ -13,7 +13,10 @@ from pipelines.data.schema import LETTERS
 from pipelines.data.store import load_prepared, read_manifest
 from pipelines.errors import BadRecordError, UserError
 
-SAMPLES = Path("/work/shared/data/medr1-splits-sample")
+# shared/ sits beside the checkout (CI clones main next to it); /work/shared on the dev machines.
+SAMPLES = next((p for p in (Path(__file__).resolve().parents[2] / "shared" / "data" / "medr1-splits-sample",
+                            Path("/work/shared/data/medr1-splits-sample")) if p.is_dir()),
+               Path("/work/shared/data/medr1-splits-sample"))
 XRAY, GRADING = SAMPLES / "X-Ray_test.json", SAMPLES / "Lesion Grading_test.json"
 needs_samples = pytest.mark.skipif(not XRAY.is_file(), reason="Med-R1 sample files not available")
 
