@@ -56,6 +56,26 @@ class LearnerWorker:
     def get_lr(self) -> float:
         return self.learner.get_lr()
 
+    # NCCL weight push (GPU; rank 0 only). See actors/nccl_weight_sender.py.
+    def weight_group_address(self) -> tuple[str, int]:
+        from actors.nccl_weight_sender import free_address
+
+        return free_address()
+
+    def init_weight_group(self, master_address: str, master_port: int, world_size: int) -> None:
+        from actors.nccl_weight_sender import NCCLWeightSender
+
+        self._sender = NCCLWeightSender(master_address, master_port, world_size)
+
+    def weight_buckets(self, bucket_bytes: int) -> list:
+        from actors.nccl_weight_sender import NCCLWeightSender
+
+        self._buckets = NCCLWeightSender.bucket_specs(self.learner.engine.module, bucket_bytes)
+        return self._buckets
+
+    def broadcast_bucket(self, index: int) -> int:
+        return self._sender.broadcast(self.learner.engine.module, self._buckets[index])
+
 
 def shard(n: int, world: int, group_size: Optional[int] = None) -> list[tuple[int, int]]:
     """Contiguous [start, end) chunks of n items over `world` ranks, as even as possible.
@@ -167,6 +187,19 @@ class LearnerGroup:
         if self.zero_stage == 3 and self.world_size > 1:  # partitioned weights: every rank takes part
             return self._all("greedy_generate", prompt_text, image_png, max_new_tokens)[0]
         return ray.get(self.workers[0].greedy_generate.remote(prompt_text, image_png, max_new_tokens))
+
+    # NCCL weight push: learner rank 0 is the sender (see actors/weight_sync.NCCLWeightSync).
+    def weight_group_address(self) -> tuple[str, int]:
+        return ray.get(self.workers[0].weight_group_address.remote())
+
+    def init_weight_group(self, master_address: str, master_port: int, world_size: int):
+        return self.workers[0].init_weight_group.remote(master_address, master_port, world_size)
+
+    def weight_buckets(self, bucket_bytes: int) -> list:
+        return ray.get(self.workers[0].weight_buckets.remote(bucket_bytes))
+
+    def broadcast_bucket(self, index: int):
+        return self.workers[0].broadcast_bucket.remote(index)
 
     def shutdown(self) -> None:
         for w in self.workers:

@@ -58,7 +58,7 @@ class NCCLWeightSync:
         for i, specs in enumerate(buckets):
             last = i == len(buckets) - 1
             recv = [w.receive_broadcast.remote(specs, version if last else None) for w in rollout_workers]
-            send = learner_group.broadcast_bucket(i, self.bucket_bytes)
+            send = learner_group.broadcast_bucket(i)
             nbytes += ray.get(send)
             ray.get(recv)
         seconds = time.perf_counter() - t0
