@@ -50,8 +50,10 @@ class RolloutPool:
         self.on_restart = on_restart  # callable(worker) -> None: bring a restarted actor up to date
         self.max_reissues = max_reissues
         self.restarts = 0
+        self._restarting: set[int] = set()
 
     def generate(self, prompts: list[dict], sampling: dict) -> RolloutOutcome:
+        self.heal()
         t0 = time.perf_counter()
         results: list = [None] * len(prompts)
         versions = [-1] * len(prompts)
@@ -85,19 +87,34 @@ class RolloutPool:
     def _submit(self, wi: int, prompts: list[dict], idx: list[int], sampling: dict):
         return self.workers[wi].generate.remote([prompts[j] for j in idx], sampling)
 
-    def _recover(self, dead: int) -> int:
-        """Wait for Ray to restart the actor (max_restarts) and update its weights; else use another."""
-        w = self.workers[dead]
-        try:
-            ray.get(w.ready.remote(), timeout=600)
+    def heal(self, timeout: float = 900.0) -> None:
+        """Wait for actors Ray is restarting and bring each up to the current weights."""
+        for i in sorted(self._restarting):
+            self._wait_ready(i, timeout)
             if self.on_restart is not None:
-                self.on_restart(w)
-            return dead
-        except Exception:
-            alive = [i for i in range(len(self.workers)) if i != dead and self._alive(i)]
-            if not alive:
-                raise RuntimeError("every rollout actor is dead") from None
-            return alive[0]
+                self.on_restart(self.workers[i])
+        self._restarting.clear()
+
+    def _recover(self, dead: int) -> int:
+        """Where to re-issue a dead actor's prompts: a live actor now, else the restarted one."""
+        self._restarting.add(dead)
+        alive = [i for i in range(len(self.workers)) if i not in self._restarting and self._alive(i)]
+        if alive:
+            return alive[0]  # the dead one is healed before the next rollout
+        self.heal()
+        return dead
+
+    def _wait_ready(self, i: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                ray.get(self.workers[i].ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
+                return
+            except _ACTOR_FAILURES + (ray.exceptions.GetTimeoutError,) as e:
+                # ActorUnavailableError while Ray restarts it; ActorDiedError once restarts are used up.
+                if isinstance(e, ActorDiedError) or time.monotonic() > deadline:
+                    raise RuntimeError(f"rollout-{i} did not come back: {e}") from e
+                time.sleep(2.0)
 
     def _alive(self, i: int) -> bool:
         try:
