@@ -147,8 +147,9 @@ class RolloutEngine:
                     top_p=top_p,
                     top_k=top_k if top_k > 0 else 0,
                     max_tokens=max_tokens,
-                    # Per-prompt seeds make a step's samples reproducible whatever the sharding.
-                    seed=None if seed is None else seed + i,
+                    # Per-prompt seeds make a step's samples reproducible whatever the sharding:
+                    # the driver numbers prompts globally ("seed" in the prompt) when it shards.
+                    seed=p.get("seed", None if seed is None else seed + i),
                     logprobs=0 if logprobs else None,
                     skip_special_tokens=True,
                 )

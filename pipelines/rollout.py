@@ -54,6 +54,9 @@ class RolloutPool:
 
     def generate(self, prompts: list[dict], sampling: dict) -> RolloutOutcome:
         self.heal()
+        if sampling.get("seed") is not None:
+            # Seed by position in the whole batch, not in a shard: same samples for any number of actors.
+            prompts = [{**p, "seed": int(sampling["seed"]) + j} for j, p in enumerate(prompts)]
         t0 = time.perf_counter()
         results: list = [None] * len(prompts)
         versions = [-1] * len(prompts)
