@@ -373,6 +373,8 @@ def validate(cfg: Any) -> None:
         problems.append(f"sft.target must be one of answer, format (got '{cfg.sft.target}')")
     if cfg.sft.lr_scheduler not in ("constant", "cosine", "linear"):
         problems.append(f"sft.lr_scheduler must be one of constant, cosine, linear (got '{cfg.sft.lr_scheduler}')")
+    if cfg.rollout.async_mode:
+        problems.append("rollout.async_mode=true is not implemented yet (the loop is synchronous); leave it false")
     if cfg.weight_sync.backend == SyncBackend.nccl and cfg.learner.zero_stage == 3:
         problems.append("weight_sync.backend=nccl broadcasts from learner rank 0, which holds full weights only "
                         "with learner.zero_stage <= 2; use weight_sync.backend=object_store with ZeRO-3")
