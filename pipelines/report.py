@@ -78,11 +78,7 @@ def plot_accuracy_bars(cells: dict[str, dict], path: str | Path, title: str,
     ax.set_ylim(0, 105)
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 # --------------------------------------------------------------------------- protocol matrices
@@ -143,11 +139,7 @@ def plot_heatmap(row_names: Sequence[str], col_names: Sequence[str], values: dic
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_grouped_bars(row_names: Sequence[str], col_names: Sequence[str], values: dict, path: str | Path,
@@ -171,6 +163,12 @@ def plot_grouped_bars(row_names: Sequence[str], col_names: Sequence[str], values
     ax.set_xlabel("test domain")
     ax.set_title(title)
     ax.legend(title="trained on", fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _save(fig, path)
+
+
+def _save(fig, path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
+from pipelines.evaluation import contiguous_shards
+
 log = logging.getLogger(__name__)
 
 _ACTOR_FAILURES = (RayActorError, ActorDiedError, ActorUnavailableError)
@@ -28,18 +30,6 @@ class RolloutOutcome:
     seconds: float = 0.0
     worker_seconds: list[float] = field(default_factory=list)
     reissued: int = 0
-
-
-def shard(items: list, n: int) -> list[list[int]]:
-    """Contiguous, nearly equal index shards (empty shards dropped)."""
-    size, extra = divmod(len(items), n)
-    out, start = [], 0
-    for i in range(n):
-        stop = start + size + (1 if i < extra else 0)
-        if stop > start:
-            out.append(list(range(start, stop)))
-        start = stop
-    return out
 
 
 class RolloutPool:
@@ -62,7 +52,8 @@ class RolloutPool:
         versions = [-1] * len(prompts)
         owners = [-1] * len(prompts)
         pending = {}
-        for wi, idx in enumerate(shard(prompts, len(self.workers))):
+        for wi, (a, b) in enumerate(contiguous_shards(len(prompts), len(self.workers))):
+            idx = list(range(a, b))
             pending[self._submit(wi, prompts, idx, sampling)] = (wi, idx, 0)
         tokens, wsec, reissued = 0, [], 0
         while pending:
