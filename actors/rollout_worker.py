@@ -52,6 +52,18 @@ class RolloutWorker:
         self.weight_version = version
         return {"tensors": n, "bytes": len(payload), "seconds": time.perf_counter() - t0, "version": version}
 
+    # Colocated mode (see pipelines/colocate.py)
+    def sleep(self, level: int = 1) -> dict:
+        t0 = time.perf_counter()
+        self.engine.sleep(level)
+        return {"seconds": time.perf_counter() - t0, "frees_memory": self.engine.sleep_frees_memory}
+
+    def wake_up(self, tags: Optional[list[str]] = None) -> bool:
+        return self.engine.wake_up(tags)
+
+    def is_sleeping(self) -> bool:
+        return self.engine.is_sleeping()
+
     def get_weight_version(self) -> int:
         return self.weight_version
 

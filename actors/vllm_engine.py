@@ -84,8 +84,10 @@ class RolloutEngine:
         min_pixels: int = 3136,
         max_pixels: int = 401408,
         trust_remote_code: bool = False,
+        enable_sleep: bool = False,
     ):
         from vllm import LLM
+        from vllm.platforms import current_platform
 
         self.max_pixels = max_pixels
         kwargs: dict[str, Any] = dict(
@@ -101,6 +103,11 @@ class RolloutEngine:
             worker_extension_cls=WORKER_EXTENSION,
             trust_remote_code=trust_remote_code,
         )
+        # Colocated mode frees the GPU between rollouts. On CPU vLLM has no sleep mode (the flag is
+        # refused); sleep()/wake_up() then only pause scheduling and the memory stays put.
+        self.sleep_frees_memory = bool(enable_sleep and current_platform.is_sleep_mode_available())
+        if self.sleep_frees_memory:
+            kwargs["enable_sleep_mode"] = True
         if tensor_parallel_size == 1:
             kwargs["distributed_executor_backend"] = "uni"
         if kv_cache_memory_bytes:
@@ -131,6 +138,8 @@ class RolloutEngine:
         """
         from vllm import SamplingParams
 
+        if self.is_sleeping():  # a paused scheduler would never return
+            raise RuntimeError("the vLLM engine is asleep (colocated mode); wake_up() it before generating")
         results = [PromptResult(prompt_id=str(p["id"])) for p in prompts]
         requests, params, index = [], [], []
         for i, p in enumerate(prompts):
@@ -194,6 +203,18 @@ class RolloutEngine:
         if stale:
             engine.abort_request(stale, internal=True)
         self.reset_cache()
+
+    # --- colocated mode: give the devices to the learner between rollouts ---
+    def sleep(self, level: int = 1) -> None:
+        """Level 1: weights to host memory, KV cache dropped; level 2: both dropped (a push reloads them)."""
+        self.llm.sleep(level=level)
+
+    def wake_up(self, tags: Optional[list[str]] = None) -> bool:
+        """``["weights"]`` first (then push new ones), ``["kv_cache"]`` last, to keep peak memory low."""
+        return bool(self.llm.wake_up(tags))
+
+    def is_sleeping(self) -> bool:
+        return bool(self.llm.llm_engine.is_sleeping())
 
     # --- weights -----------------------------------------------------------
     def load_safetensors(self, payload: bytes) -> int:

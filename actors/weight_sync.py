@@ -23,11 +23,18 @@ class ObjectStoreWeightSync:
         t0 = time.perf_counter()
         payload_ref = learner_group.push_state_dict(as_ref=True)  # all ranks take part (ZeRO-3 gathers)
         t_gather = time.perf_counter() - t0
-        stats = ray.get([w.load_weights.remote(payload_ref, version) for w in rollout_workers])
+        refs = [w.load_weights.remote(payload_ref, version) for w in rollout_workers]
+        stats, failed = [], []
+        for i, ref in enumerate(refs):
+            try:
+                stats.append(ray.get(ref))
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+                failed.append(i)  # a dying rollout actor: Ray restarts it and the pool catches it up
         seconds = time.perf_counter() - t0
         nbytes = stats[0]["bytes"] if stats else 0
         return {"push_seconds": seconds, "push_gather_seconds": t_gather, "push_bytes": nbytes,
-                "push_bytes_per_s": nbytes / seconds if seconds > 0 else 0.0, "weight_version": version}
+                "push_bytes_per_s": nbytes / seconds if seconds > 0 else 0.0, "weight_version": version,
+                "failed_workers": failed}
 
 
 class NCCLWeightSync:

@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from pipelines.config import ConfigError
-    from pipelines.errors import UserError
+    from pipelines.errors import RunStopped, UserError
 
     args = build_parser().parse_args(argv)
     try:
@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         # Errors about the user's input: the message says what and where; no traceback.
         print(f"medr1 {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RunStopped as e:
+        print(f"medr1 {args.command}: stopped: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -111,6 +111,7 @@ class SyntheticDataConfig:
     per_cell: int = 12
     image_size: int = 112
     test_fraction: float = 0.2
+    option_order: str = "shuffled"  # shuffled (answer at a random letter) | fixed (category order)
 
 
 @dataclass
@@ -146,8 +147,12 @@ class RolloutConfig:
     kv_cache_memory_bytes: Optional[int] = 268435456
     max_num_seqs: int = 256
     enforce_eager: bool = True
+    # Sample the next batches while the learner updates (``rollout.async=true`` works too); samples
+    # are then up to ``max_staleness`` weight versions old.
     async_mode: bool = False
     max_staleness: int = 1
+    # With cluster.colocate: vLLM sleep level while the learner runs (1: weights to host memory, 2: dropped).
+    sleep_level: int = 1
     seed: int = 0
 
 
@@ -302,6 +307,18 @@ def _explain(err: OmegaConfBaseException, schema: DictConfig, source: str) -> st
     return f"{source}: {err}"
 
 
+# Spellings users reach for that cannot be dataclass fields (``async`` is a Python keyword).
+_ALIASES = {"rollout.async": "rollout.async_mode"}
+
+
+def _apply_aliases(file_cfg) -> None:
+    for alias, key in _ALIASES.items():
+        section, _, name = alias.rpartition(".")
+        node = OmegaConf.select(file_cfg, section) if section else file_cfg
+        if node is not None and name in node:
+            node[key.rpartition(".")[2]] = node.pop(name)
+
+
 def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> MedR1Config:
     """Schema <- YAML file <- ``key=value`` overrides, validated at each step.
 
@@ -315,6 +332,7 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
             file_cfg = OmegaConf.load(path)
         except Exception as e:  # yaml errors carry line numbers; keep them
             raise ConfigError(f"{path}: cannot parse YAML: {e}") from None
+        _apply_aliases(file_cfg)
         try:
             cfg = OmegaConf.merge(cfg, file_cfg)
         except OmegaConfBaseException as e:
@@ -322,6 +340,8 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value (e.g. rollout.num_workers=4)")
+        key, _, value = item.partition("=")
+        item = f"{_ALIASES.get(key.strip(), key.strip())}={value}"
         try:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
         except OmegaConfBaseException as e:
@@ -369,12 +389,20 @@ def validate(cfg: Any) -> None:
         problems.append("trainer.prompts_per_step must be >= 1")
     if cfg.weight_sync.backend == SyncBackend.nccl and cfg.rollout.resources_per_worker.num_gpus <= 0:
         problems.append("weight_sync.backend=nccl needs GPUs: set rollout.resources_per_worker.num_gpus > 0")
+    if cfg.data.synthetic.option_order not in ("shuffled", "fixed"):
+        problems.append(f"data.synthetic.option_order must be shuffled or fixed (got '{cfg.data.synthetic.option_order}')")
     if cfg.sft.target not in ("answer", "format"):
         problems.append(f"sft.target must be one of answer, format (got '{cfg.sft.target}')")
     if cfg.sft.lr_scheduler not in ("constant", "cosine", "linear"):
         problems.append(f"sft.lr_scheduler must be one of constant, cosine, linear (got '{cfg.sft.lr_scheduler}')")
-    if cfg.rollout.async_mode:
-        problems.append("rollout.async_mode=true is not implemented yet (the loop is synchronous); leave it false")
+    if cfg.rollout.async_mode and cfg.rollout.max_staleness < 1:
+        problems.append("rollout.async_mode=true needs rollout.max_staleness >= 1 (batches sampled ahead are at "
+                        "least one weight version old)")
+    if cfg.cluster.colocate and cfg.rollout.async_mode:
+        problems.append("cluster.colocate=true with rollout.async_mode=true: colocated engines sleep while the "
+                        "learner runs, so there is nothing to overlap; choose one")
+    if cfg.rollout.sleep_level not in (1, 2):
+        problems.append(f"rollout.sleep_level must be 1 or 2 (got {cfg.rollout.sleep_level})")
     if cfg.weight_sync.backend == SyncBackend.nccl and cfg.learner.zero_stage == 3:
         problems.append("weight_sync.backend=nccl broadcasts from learner rank 0, which holds full weights only "
                         "with learner.zero_stage <= 2; use weight_sync.backend=object_store with ZeRO-3")

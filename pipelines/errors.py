@@ -12,3 +12,7 @@ class BadRecordError(UserError):
     def __init__(self, source: str, index: int | str, reason: str):
         self.source, self.index, self.reason = source, index, reason
         super().__init__(f"{source}, record {index}: {reason}")
+
+
+class RunStopped(Exception):
+    """A run that cannot go on (e.g. a learner rank died); the message says where to resume from."""

@@ -18,6 +18,8 @@ def register(subparsers) -> None:
     s.add_argument("--out", required=True, help="output directory")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--per-cell", type=int, default=12, help="images per (modality, question type) cell (default 12)")
+    s.add_argument("--option-order", choices=("shuffled", "fixed"), default="shuffled",
+                   help="shuffled: answer at a balanced random letter (default); fixed: options in category order")
     s.add_argument("--image-size", type=int, default=112, help="image side in pixels (default 112)")
     s.add_argument("--test-fraction", type=float, default=0.2)
     s.add_argument("--preview", action="store_true", help="also write DIR/preview.png (a contact sheet)")
@@ -77,7 +79,8 @@ def run_synthetic(args: argparse.Namespace) -> int:
 
     try:
         manifest = prepare_synthetic(args.out, seed=args.seed, per_cell=args.per_cell, image_size=args.image_size,
-                                     test_fraction=args.test_fraction, preview=args.preview, command=_command(args))
+                                     test_fraction=args.test_fraction, preview=args.preview, command=_command(args),
+                                     option_order=args.option_order)
     except ValueError as e:
         raise UserError(str(e)) from e
     _summary(args.out, manifest)

@@ -32,6 +32,16 @@ class RolloutOutcome:
     reissued: int = 0
 
 
+@dataclass
+class PendingRollout:
+    """A rollout in flight: object refs of each actor's shard, and what to re-issue if one dies."""
+
+    prompts: list[dict]
+    sampling: dict
+    pending: dict  # ObjectRef -> (actor index, prompt indices, attempt)
+    started: float
+
+
 class RolloutPool:
     """The R rollout actors plus what it takes to keep them usable."""
 
@@ -43,18 +53,26 @@ class RolloutPool:
         self._restarting: set[int] = set()
 
     def generate(self, prompts: list[dict], sampling: dict) -> RolloutOutcome:
+        return self.collect(self.submit(prompts, sampling))
+
+    def submit(self, prompts: list[dict], sampling: dict) -> "PendingRollout":
+        """Start sampling on every actor and return at once (async mode overlaps this with the update)."""
         self.heal()
         if sampling.get("seed") is not None:
             # Seed by position in the whole batch, not in a shard: same samples for any number of actors.
             prompts = [{**p, "seed": int(sampling["seed"]) + j} for j, p in enumerate(prompts)]
-        t0 = time.perf_counter()
-        results: list = [None] * len(prompts)
-        versions = [-1] * len(prompts)
-        owners = [-1] * len(prompts)
         pending = {}
         for wi, (a, b) in enumerate(contiguous_shards(len(prompts), len(self.workers))):
             idx = list(range(a, b))
             pending[self._submit(wi, prompts, idx, sampling)] = (wi, idx, 0)
+        return PendingRollout(prompts, sampling, pending, time.perf_counter())
+
+    def collect(self, job: "PendingRollout") -> RolloutOutcome:
+        """Wait for a submitted rollout, re-issuing the prompts of any actor that dies meanwhile."""
+        prompts, sampling, pending = job.prompts, job.sampling, job.pending
+        results: list = [None] * len(prompts)
+        versions = [-1] * len(prompts)
+        owners = [-1] * len(prompts)
         tokens, wsec, reissued = 0, [], 0
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
@@ -76,7 +94,7 @@ class RolloutPool:
                 results[j], versions[j], owners[j] = r, out["weight_version"], out["worker"]
             tokens += out["tokens"]
             wsec.append(out["seconds"])
-        return RolloutOutcome(results, versions, owners, tokens, time.perf_counter() - t0, wsec, reissued)
+        return RolloutOutcome(results, versions, owners, tokens, time.perf_counter() - job.started, wsec, reissued)
 
     def _submit(self, wi: int, prompts: list[dict], idx: list[int], sampling: dict):
         return self.workers[wi].generate.remote([prompts[j] for j in idx], sampling)
@@ -88,6 +106,11 @@ class RolloutPool:
             if self.on_restart is not None:
                 self.on_restart(self.workers[i])
         self._restarting.clear()
+
+    def mark_dead(self, i: int) -> None:
+        """An actor seen failing outside a rollout (e.g. during a weight push): heal it before the next one."""
+        self.restarts += 1
+        self._restarting.add(i)
 
     def _recover(self, dead: int) -> int:
         """Where to re-issue a dead actor's prompts: a live actor now, else the restarted one."""

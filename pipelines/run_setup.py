@@ -45,7 +45,7 @@ def ensure_data(cfg):
         s = cfg.data.synthetic
         log.info("building the synthetic benchmark into %s", d)
         prepare_synthetic(str(d), seed=s.seed, per_cell=s.per_cell, image_size=s.image_size,
-                          test_fraction=s.test_fraction, command="medr1 train (auto)")
+                          test_fraction=s.test_fraction, command="medr1 train (auto)", option_order=s.option_order)
     train = load_prepared(d, cfg.data.train_split)
     test = load_prepared(d, cfg.data.test_split)
 
@@ -106,6 +106,7 @@ def engine_kwargs(cfg, model_path: str) -> dict[str, Any]:
         min_pixels=cfg.model.min_pixels,
         max_pixels=cfg.model.max_pixels,
         trust_remote_code=cfg.model.trust_remote_code,
+        enable_sleep=cfg.cluster.colocate,
     )
 
 
@@ -131,6 +132,7 @@ class RunContext:
     learners: Any  # actors.learner_worker.LearnerGroup
     weight_sync: Any
     placement_groups: dict = field(default_factory=dict)
+    colocation: Any = None  # pipelines.colocate.Colocation when cluster.colocate
     _payloads: dict = field(default_factory=dict)
 
     def prompt_payload(self, record) -> dict:
@@ -263,4 +265,8 @@ def start_run(cfg) -> RunContext:
             ray.get(worker.load_weights.remote(learners.push_state_dict(as_ref=True), version))
 
     ctx.rollout = RolloutPool(rollout_workers, on_restart=catch_up)
+    if cfg.cluster.colocate:
+        from pipelines.colocate import Colocation
+
+        ctx.colocation = Colocation(ctx.rollout, cfg.rollout.sleep_level)
     return ctx

@@ -1,8 +1,13 @@
-"""The synchronous GRPO loop of DESIGN.md, wiring the actors together.
+"""The GRPO loop of DESIGN.md, wiring the actors together.
 
 One step: next B prompts -> R rollout actors sample G completions each ->
 reward actors score them -> group-relative advantages -> N learner ranks
 update -> new weights pushed into every vLLM engine (version + 1).
+
+Async mode (``rollout.async_mode``) keeps up to ``rollout.max_staleness``
+later batches sampling while the learner updates on this one; those samples
+come from weights up to that many versions old, and the clipped ratio uses the
+log-probs vLLM reported when sampling them, so the update stays correct off policy.
 """
 from __future__ import annotations
 
@@ -11,17 +16,31 @@ import logging
 import os
 import random
 import time
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import ray
 
 from pipelines.data_cursor import DataCursor
+from pipelines.errors import RunStopped
 from pipelines.metrics_log import MetricsLog, plot_reward_curve
 from pipelines.run_setup import RunContext, start_run
 from pipelines.traces import TraceWriter
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class _InFlight:
+    """A batch whose rollout has been submitted but not trained on yet."""
+
+    step: int  # the step that will train on it
+    batch: list
+    prompts: list[dict]
+    job: Any  # pipelines.rollout.PendingRollout
+    cursor_before: dict  # data cursor before this batch was drawn: what a checkpoint must store
 
 
 class GRPOTrainer:
@@ -31,6 +50,8 @@ class GRPOTrainer:
         self.ctx: Optional[RunContext] = None
         self.step = 0
         self.weight_version = 0
+        self.last_checkpoint: Optional[str] = None
+        self._inflight: deque[_InFlight] = deque()
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -98,14 +119,20 @@ class GRPOTrainer:
         c, ctx = self.cfg, self.ctx
         G = c.rollout.group_size
         timings: dict[str, float] = {}
-        batch = [ctx.train[i] for i in self.cursor.next_batch()]
-        prompts = [ctx.prompt_payload(r) for r in batch]
-
+        t_step = time.perf_counter()
+        if not self._inflight:
+            self._launch(self.step)
+        item = self._inflight.popleft()
+        assert item.step == self.step, (item.step, self.step)
+        batch, prompts = item.batch, item.prompts
         t = time.perf_counter()
-        sampling = dict(n=G, temperature=c.rollout.temperature, top_p=c.rollout.top_p, top_k=c.rollout.top_k,
-                        max_tokens=c.rollout.max_new_tokens, seed=c.rollout.seed * 100_003 + self.step * 1009)
-        outcome = ctx.rollout.generate(prompts, sampling)
-        timings["time_rollout"] = time.perf_counter() - t
+        outcome = ctx.rollout.collect(item.job)
+        timings["time_rollout"] = time.perf_counter() - t  # async: only the wait, the rest overlapped
+        if c.rollout.async_mode:
+            # Queue the next batches now: they sample while this one is scored and learned from.
+            for nxt in range(self.step + 1 + len(self._inflight), min(self.step + 1 + c.rollout.max_staleness,
+                                                                        self.total_steps())):
+                self._launch(nxt)
 
         # Prompts whose image failed preprocessing are skipped and counted; the step goes on.
         kept = [(r, p, res, v, w) for r, p, res, v, w in zip(batch, prompts, outcome.results, outcome.versions,
@@ -157,27 +184,70 @@ class GRPOTrainer:
             rollout_tokens_per_s=outcome.tokens / max(outcome.seconds, 1e-9),
             rollout_reissued=outcome.reissued,
             rollout_restarts=ctx.rollout.restarts,
-            weight_version_lag=self.weight_version - min(v for *_, v, _ in kept),
+            weight_version_lag=self._staleness([v for *_, v, _ in kept]),
             **{f"reward_{name}": _mean([x[name] for x in comps]) for name in (comps[0] if comps else {})},
             **adv_stats,
         )
         t = time.perf_counter()
+        if ctx.colocation is not None:
+            m.update(ctx.colocation.sleep())  # hand the shared devices to the learner
         if samples:
-            m.update(ctx.learners.train_step(samples, G))
+            m.update(self._learner("the GRPO update", lambda: ctx.learners.train_step(samples, G)))
         else:
             m["learner_skipped"] = 1  # every group dead and filtered: nothing to learn from
         timings["time_learner"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        if samples and (self.step + 1) % c.weight_sync.every_n_steps == 0:
+        do_push = bool(samples) and (self.step + 1) % c.weight_sync.every_n_steps == 0
+        if do_push:
             self.weight_version += 1
-            push = ctx.weight_sync.push(ctx.learners, ctx.rollout.workers, self.weight_version)
-            m.update({k2: v for k2, v in push.items() if k2 != "weight_version"})
+        push_fn = (lambda: self._learner("the weight push", lambda: ctx.weight_sync.push(
+            ctx.learners, ctx.rollout.workers, self.weight_version))) if do_push else None
+        if ctx.colocation is not None:
+            push = ctx.colocation.wake_and_push(push_fn)
+        else:
+            push = push_fn() if push_fn else {}
+        for i in push.pop("failed_workers", []):
+            log.warning("rollout-%d failed during the weight push; it is caught up before the next rollout", i)
+            ctx.rollout.mark_dead(i)
+        m.update({k2: v for k2, v in push.items() if k2 != "weight_version"})
         timings["time_push"] = time.perf_counter() - t
         m.update(timings)
-        m["time_step"] = sum(timings.values())
+        m["time_step"] = time.perf_counter() - t_step
         m["weight_version"] = self.weight_version
         return m
+
+    def _launch(self, step: int) -> None:
+        """Draw the batch for ``step`` and start sampling it (returns at once)."""
+        c, ctx = self.cfg, self.ctx
+        cursor_before = self.cursor.to_dict()
+        batch = [ctx.train[i] for i in self.cursor.next_batch()]
+        prompts = [ctx.prompt_payload(r) for r in batch]
+        # Seeded by the step that trains on it, so sync, async and resumed runs draw the same samples per step.
+        sampling = dict(n=c.rollout.group_size, temperature=c.rollout.temperature, top_p=c.rollout.top_p,
+                        top_k=c.rollout.top_k, max_tokens=c.rollout.max_new_tokens,
+                        seed=c.rollout.seed * 100_003 + step * 1009)
+        self._inflight.append(_InFlight(step, batch, prompts, ctx.rollout.submit(prompts, sampling), cursor_before))
+
+    def _staleness(self, versions: list[int]) -> int:
+        """Weight versions between the oldest sample of this batch and the policy being updated."""
+        lag = self.weight_version - min(versions)
+        bound = self.cfg.rollout.max_staleness if self.cfg.rollout.async_mode else 0
+        if lag > bound:
+            raise RuntimeError(f"step {self.step}: samples are {lag} weight versions old, over the bound of {bound}")
+        return lag
+
+    def _learner(self, what: str, call):
+        """Run a learner call; if a learner rank fails, stop the run and say where to resume from."""
+        try:
+            return call()
+        except ray.exceptions.RayError as e:
+            where = (f"the last good checkpoint is {self.last_checkpoint}; resume with "
+                     f"trainer.resume_from={self.last_checkpoint}" if self.last_checkpoint else
+                     "no checkpoint was saved yet (set trainer.save_every to keep some)")
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise RunStopped(f"the learner failed during {what} at step {self.step + 1} "
+                             f"({type(e).__name__}: {first}); {where}") from e
 
     # ------------------------------------------------------------------ eval / checkpoints
     def evaluate(self, tag: str) -> dict:
@@ -199,9 +269,12 @@ class GRPOTrainer:
         return brief
 
     def save(self, directory: Path) -> Path:
-        state = {"step": self.step, "weight_version": self.weight_version, "cursor": self.cursor.to_dict(),
+        # Batches already sampling (async mode) are not trained yet: the checkpoint's cursor points before them.
+        cursor = self._inflight[0].cursor_before if self._inflight else self.cursor.to_dict()
+        state = {"step": self.step, "weight_version": self.weight_version, "cursor": cursor,
                  "python_random": repr(random.getstate()), "config": str(self.cfg.trainer.output_dir)}
-        self.ctx.learners.save_checkpoint(str(directory), state)
+        self._learner(f"saving {directory}", lambda: self.ctx.learners.save_checkpoint(str(directory), state))
+        self.last_checkpoint = str(directory)
         return directory
 
     def _resume(self, path: str) -> None:
@@ -212,6 +285,7 @@ class GRPOTrainer:
                                            seed=self.cfg.data.seed, shuffle=self.cfg.data.shuffle)
         # The engines started from the base weights: bring them to the checkpoint's.
         self.ctx.weight_sync.push(self.ctx.learners, self.ctx.rollout.workers, self.weight_version)
+        self.last_checkpoint = str(path)
         log.info("resumed from %s at step %d (weight version %d)", path, self.step, self.weight_version)
 
     def _plot(self) -> Optional[Path]:

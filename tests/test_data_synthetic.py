@@ -126,3 +126,20 @@ def test_bad_arguments():
         build_synthetic(per_cell=0)
     with pytest.raises(ValueError):
         build_synthetic(test_fraction=1.0)
+
+
+def test_fixed_option_order_lists_options_in_category_order():
+    from pipelines.data.synthetic import _classes
+
+    for modality, qtype in (("CT", "lesion grading"), ("MRI", "anatomy identification"),
+                            ("X-ray", "modality recognition")):
+        shuffled = build_cell(modality, qtype, 24, seed=0, image_size=56)
+        fixed = build_cell(modality, qtype, 24, seed=0, image_size=56, option_order="fixed")
+        pool = list(_classes(SPECS[modality], qtype)) + list(EXTRA_DISTRACTORS.get((modality, qtype), ()))
+        for a, b in zip(shuffled, fixed):
+            assert a.image == b.image and sorted(a.options) == sorted(b.options), "same images, same option sets"
+            assert b.options == sorted(b.options, key=pool.index)
+            # the letter still names the drawn answer
+            assert b.options[LETTERS.index(b.answer)] == a.options[LETTERS.index(a.answer)]
+    with pytest.raises(ValueError, match="option_order"):
+        build_synthetic(per_cell=1, option_order="alphabetical")

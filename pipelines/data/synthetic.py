@@ -200,8 +200,17 @@ def _png(img) -> bytes:
     return buf.getvalue()
 
 
-def build_cell(modality: str, qtype: str, n: int, seed: int, image_size: int) -> list[VQARecord]:
-    """``n`` records of one (modality, question type) cell."""
+OPTION_ORDERS = ("shuffled", "fixed")
+
+
+def build_cell(modality: str, qtype: str, n: int, seed: int, image_size: int,
+               option_order: str = "shuffled") -> list[VQARecord]:
+    """``n`` records of one (modality, question type) cell.
+
+    ``option_order``: "shuffled" puts the answer at a balanced random letter (as in Med-R1's
+    data); "fixed" lists the options in the category's own order (e.g. Grade 0..3), so a
+    class keeps the same letter whenever the same options are offered.
+    """
     mi, qi = MODALITIES.index(modality), QUESTION_TYPES.index(qtype)
     rng = np.random.default_rng([seed, mi, qi])
     spec = SPECS[modality]
@@ -222,6 +231,9 @@ def build_cell(modality: str, qtype: str, n: int, seed: int, image_size: int) ->
         others = [c for c in pool if c != label]
         distractors = [others[int(j)] for j in rng.choice(len(others), size=k - 1, replace=False)]
         options = distractors[:pos] + [label] + distractors[pos:]
+        if option_order == "fixed":
+            options = sorted(options, key=pool.index)
+            pos = options.index(label)
         question = templates[int(rng.integers(len(templates)))].format(mod=spec.word)
         img = spec.draw(rng, image_size, _scene(spec, qtype, label, rng))
         rec = VQARecord(id=f"syn-{spec.code}-{QCODES[qtype]}-{i:04d}", image=_png(img), question=question,
@@ -232,7 +244,7 @@ def build_cell(modality: str, qtype: str, n: int, seed: int, image_size: int) ->
 
 
 def build_synthetic(seed: int = 0, per_cell: int = 12, image_size: int = 112,
-                    test_fraction: float = 0.2) -> dict[str, list[VQARecord]]:
+                    test_fraction: float = 0.2, option_order: str = "shuffled") -> dict[str, list[VQARecord]]:
     """{"train": [...], "test": [...]}: ``per_cell`` images per (modality, question type),
     one question each; ``round(per_cell * test_fraction)`` of each cell's images go to test."""
     if per_cell < 1:
@@ -241,10 +253,12 @@ def build_synthetic(seed: int = 0, per_cell: int = 12, image_size: int = 112,
         raise ValueError("test_fraction must be in [0, 1)")
     if image_size < 28:
         raise ValueError("image_size must be at least 28 px")
+    if option_order not in OPTION_ORDERS:
+        raise ValueError(f"option_order must be one of {', '.join(OPTION_ORDERS)} (got '{option_order}')")
     splits: dict[str, list[VQARecord]] = {"train": [], "test": []}
     for mi, modality in enumerate(MODALITIES):
         for qi, qtype in enumerate(QUESTION_TYPES):
-            recs = build_cell(modality, qtype, per_cell, seed, image_size)
+            recs = build_cell(modality, qtype, per_cell, seed, image_size, option_order)
             n_test = int(round(per_cell * test_fraction))
             test_idx = set(np.random.default_rng([seed, mi, qi, 1]).choice(per_cell, n_test, replace=False).tolist())
             for i, rec in enumerate(recs):
@@ -253,12 +267,15 @@ def build_synthetic(seed: int = 0, per_cell: int = 12, image_size: int = 112,
 
 
 def prepare_synthetic(out_dir: str, seed: int = 0, per_cell: int = 12, image_size: int = 112,
-                      test_fraction: float = 0.2, preview: bool = False, command: str = "") -> dict:
+                      test_fraction: float = 0.2, preview: bool = False, command: str = "",
+                      option_order: str = "shuffled") -> dict:
     from pipelines.data.store import write_prepared
 
     t0 = time.perf_counter()
-    splits = build_synthetic(seed=seed, per_cell=per_cell, image_size=image_size, test_fraction=test_fraction)
+    splits = build_synthetic(seed=seed, per_cell=per_cell, image_size=image_size, test_fraction=test_fraction,
+                             option_order=option_order)
     extra = {"builder": "synthetic", "command": command, "seed": seed, "per_cell": per_cell,
+             "option_order": option_order,
              "image_size": image_size, "test_fraction": test_fraction,
              "build_seconds": round(time.perf_counter() - t0, 2)}
     manifest = write_prepared(out_dir, splits, extra)
