@@ -121,7 +121,8 @@ class LearnerGroup:
     def __init__(self, model_path: str, learner_cfg, grpo_cfg, *, total_steps: int, samples_per_step: int,
                  num_workers: Optional[int] = None, resources=None, placement_group=None,
                  bundle_indices: Optional[Sequence[int]] = None, name_prefix: str = "learner",
-                 env: Optional[dict[str, str]] = None, learner_kwargs: Optional[dict[str, Any]] = None):
+                 env: Optional[dict[str, str]] = None, learner_kwargs: Optional[dict[str, Any]] = None,
+                 ready_timeout_s: float = 900.0):
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self.world_size = int(num_workers if num_workers is not None else learner_cfg.num_workers)
@@ -142,7 +143,12 @@ class LearnerGroup:
             if env:
                 opts["runtime_env"] = {"env_vars": dict(env)}
             self.workers.append(LearnerWorker.options(**opts).remote())
-        ray.get([w.ready.remote() for w in self.workers])
+        try:
+            ray.get([w.ready.remote() for w in self.workers], timeout=ready_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise RuntimeError(f"{self.world_size} learner actor(s) not started after {ready_timeout_s:.0f}s: "
+                               f"each needs CPU={num_cpus} GPU={num_gpus} {custom or ''} (in its placement-group "
+                               f"bundle when given); see `ray status`") from None
 
         addr, port = ray.get(self.workers[0].get_master_addr_port.remote())
         ips = ray.get([w.node_ip.remote() for w in self.workers])

@@ -34,14 +34,8 @@ class ResourcePlan:
 
     def totals(self) -> dict[str, float]:
         if self.colocate:
-            # Colocated roles share bundles: the per-slot need is the larger of each role.
             slots = max(r.count for r in self.roles if r.role in ("rollout", "learner"))
-            per: dict[str, float] = {}
-            for r in self.roles:
-                if r.role in ("rollout", "learner"):
-                    for k, v in r.bundle().items():
-                        per[k] = max(per.get(k, 0.0), v)
-            out = {k: v * slots for k, v in per.items()}
+            out = {k: v * slots for k, v in colocated_bundle({r.role: r for r in self.roles}).items()}
             for r in self.roles:
                 if r.role not in ("rollout", "learner"):
                     for k, v in r.bundle().items():
@@ -114,6 +108,16 @@ def check_plan(plan: ResourcePlan, available: dict[str, float],
                                     + "\nLower the worker counts or per-worker resources, or add nodes.")
 
 
+def colocated_bundle(roles: dict) -> dict[str, float]:
+    """One colocated slot holds a rollout actor *and* a learner rank, so it reserves what both ask
+    for; with GPU fractions summing to at most 1 the two share one device."""
+    bundle: dict[str, float] = {}
+    for name in ("rollout", "learner"):
+        for k, v in roles[name].bundle().items():
+            bundle[k] = bundle.get(k, 0.0) + v
+    return bundle
+
+
 def create_placement_groups(plan: ResourcePlan, timeout_s: float = 300.0) -> dict[str, object]:
     """One placement group per role (rollout, learner), or one shared group when colocated.
 
@@ -126,10 +130,7 @@ def create_placement_groups(plan: ResourcePlan, timeout_s: float = 300.0) -> dic
     roles = {r.role: r for r in plan.roles}
     if plan.colocate:
         slots = max(roles["rollout"].count, roles["learner"].count)
-        bundle: dict[str, float] = {}
-        for name in ("rollout", "learner"):
-            for k, v in roles[name].bundle().items():
-                bundle[k] = max(bundle.get(k, 0.0), v)
+        bundle = colocated_bundle(roles)
         pg = placement_group([dict(bundle) for _ in range(slots)], strategy=plan.strategy, name="medr1-colocated")
         groups["rollout"] = groups["learner"] = pg
     else:

@@ -398,6 +398,11 @@ def validate(cfg: Any) -> None:
     if cfg.rollout.async_mode and cfg.rollout.max_staleness < 1:
         problems.append("rollout.async_mode=true needs rollout.max_staleness >= 1 (batches sampled ahead are at "
                         "least one weight version old)")
+    if cfg.cluster.colocate:
+        ro, le = cfg.rollout.resources_per_worker, cfg.learner.resources_per_worker
+        if ro.num_gpus + le.num_gpus > 1.0:
+            problems.append(f"cluster.colocate=true shares one device per slot: rollout num_gpus ({ro.num_gpus}) + "
+                            f"learner num_gpus ({le.num_gpus}) must be <= 1 (e.g. 0.5 each)")
     if cfg.cluster.colocate and cfg.rollout.async_mode:
         problems.append("cluster.colocate=true with rollout.async_mode=true: colocated engines sleep while the "
                         "learner runs, so there is nothing to overlap; choose one")

@@ -18,10 +18,12 @@ def test_plan_totals_add_roles():
 
 
 def test_colocated_totals_share_slots():
-    # 4 shared slots of max(rollout, learner) per resource, plus the reward worker
-    assert paper_like_plan(colocate=True).totals() == {"CPU": 16.5, "GPU": 4.0}
+    # 4 shared slots, each holding one rollout actor and one learner rank on half a GPU each
+    half = ResourcePlan([RoleSpec("rollout", 4, 4, 0.5), RoleSpec("learner", 4, 4, 0.5), RoleSpec("reward", 1, 0.5)],
+                        colocate=True)
+    assert half.totals() == {"CPU": 32.5, "GPU": 4.0}
     uneven = ResourcePlan([RoleSpec("rollout", 2, 1, 0.5), RoleSpec("learner", 3, 2, 0.25)], colocate=True)
-    assert uneven.totals() == {"CPU": 6.0, "GPU": 1.5}
+    assert uneven.totals() == {"CPU": 9.0, "GPU": 2.25}
 
 
 def test_custom_resources_in_bundles_and_totals():
