@@ -251,10 +251,11 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ eval / checkpoints
     def evaluate(self, tag: str) -> dict:
+        from pipelines.evaluate import select_records
         from pipelines.evaluation import evaluate_records
 
         c, ctx = self.cfg, self.ctx
-        records = ctx.test if not c.eval.max_samples else ctx.test[: c.eval.max_samples]
+        records = select_records(ctx.test, c.eval.max_samples)  # spread evenly, as `medr1 evaluate` does
         res = evaluate_records(ctx.rollout.workers, records, tokenizer=ctx.tokenizer,
                                max_new_tokens=c.eval.max_new_tokens, prompt_style=c.eval.prompt_style.value,
                                weight_version=self.weight_version, step=self.step, model=str(c.model.path),

@@ -67,3 +67,24 @@ def test_missing_config_file_lists_shipped():
 def test_malformed_override():
     with pytest.raises(ConfigError, match="key=value"):
         load_config(None, ["rollout.num_workers"])
+
+
+def test_async_alias_from_overrides_and_yaml(tmp_path):
+    assert load_config("smoke.yaml", ["rollout.async=true"]).rollout.async_mode is True
+    f = tmp_path / "a.yaml"
+    f.write_text("rollout:\n  async: true\n  max_staleness: 2\n")
+    cfg = load_config(f)
+    assert cfg.rollout.async_mode is True and cfg.rollout.max_staleness == 2
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (["rollout.async=true", "rollout.max_staleness=0"], "max_staleness >= 1"),
+    (["rollout.async=true", "cluster.colocate=true"], "nothing to overlap"),
+    (["cluster.colocate=true", "rollout.resources_per_worker.num_gpus=1",
+      "learner.resources_per_worker.num_gpus=1"], "must be <= 1"),
+    (["rollout.sleep_level=3"], "sleep_level must be 1 or 2"),
+    (["data.synthetic.option_order=alphabetical"], "option_order"),
+])
+def test_mode_combinations_refused(overrides, needle):
+    with pytest.raises(ConfigError, match=needle):
+        load_config("smoke.yaml", overrides)
