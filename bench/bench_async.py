@@ -71,6 +71,10 @@ def main() -> int:
         print(f"{name:<8}" + "".join(f"{med(results[mode], k):>16.3f}" for k, _ in keys))
     ratio = med(results["true"], "time_step") / med(results["false"], "time_step")
     print(f"async / sync step time: {ratio:.2f}")
+    r, l, p = (med(results["false"], k) for k in ("time_rollout", "time_learner", "time_push"))
+    # What full overlap would give if rollout and learner did not share cores (e.g. separate GPUs).
+    print(f"bound with disjoint devices, from the sync phases: (max(rollout, learner) + push) / sum = "
+          f"{(max(r, l) + p) / (r + l + p):.2f}")
     return 0
 
 
