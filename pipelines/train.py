@@ -26,6 +26,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     summary = run_training(cfg)
+    if cfg.cluster.address is None:
+        import ray
+
+        ray.shutdown()  # our local Ray: stop worker log forwarding so the summary is the last thing printed
     _print_summary(summary)
     return 0
 
