@@ -29,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None, help="rollout actors R (default: rollout.num_workers)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: eval.max_new_tokens (256)")
     p.add_argument("--max-samples", type=int, default=None,
-                   help="evaluate N records spread evenly over the split (default: eval.max_samples, or all)")
+                   help="evaluate N records spread over modality x question-type cells "
+                        "(default: eval.max_samples, or all)")
     p.add_argument("--prompt-style", default=None, help="think (paper), nothink or think_after")
     p.add_argument("--show-errors", type=int, default=0, metavar="N",
                    help="print the N worst examples (wrong answers first, then unparsable)")
@@ -57,15 +58,27 @@ def check_model_dir(model: str | os.PathLike) -> str:
 
 def select_records(records: list, max_samples: Optional[int] = None, modalities: Optional[list[str]] = None,
                    question_types: Optional[list[str]] = None) -> list:
-    """Filter by domain, then take ``max_samples`` records spread evenly (deterministic)."""
+    """Filter by domain, then take ``max_samples`` records spread over modality x question-type
+    cells (deterministic): each round takes one record per modality, from a question type that
+    rotates with the modality and the round, so even a few samples cover both axes."""
     if modalities:
         records = [r for r in records if r.modality in modalities]
     if question_types:
         records = [r for r in records if r.question_type in question_types]
-    if max_samples and 0 < max_samples < len(records):
-        n = len(records)
-        records = [records[(i * n) // max_samples] for i in range(max_samples)]
-    return records
+    if not max_samples or not 0 < max_samples < len(records):
+        return records
+    cells: dict[str, dict[str, list[int]]] = {}
+    for i, r in enumerate(records):
+        cells.setdefault(r.modality, {}).setdefault(r.question_type, []).append(i)
+    picked: list[int] = []
+    rnd = 0
+    while len(picked) < max_samples:
+        for mi, by_q in enumerate(cells.values()):
+            qts = [q for q in by_q if by_q[q]]
+            if qts and len(picked) < max_samples:
+                picked.append(by_q[qts[(mi + rnd) % len(qts)]].pop(0))
+        rnd += 1
+    return [records[i] for i in sorted(picked)]
 
 
 def start_eval_workers(cfg, model_path: str, num_workers: int, max_new_tokens: int) -> list:

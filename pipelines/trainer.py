@@ -255,7 +255,7 @@ class GRPOTrainer:
         from pipelines.evaluation import evaluate_records
 
         c, ctx = self.cfg, self.ctx
-        records = select_records(ctx.test, c.eval.max_samples)  # spread evenly, as `medr1 evaluate` does
+        records = select_records(ctx.test, c.eval.max_samples)  # spread over cells, as `medr1 evaluate` does
         res = evaluate_records(ctx.rollout.workers, records, tokenizer=ctx.tokenizer,
                                max_new_tokens=c.eval.max_new_tokens, prompt_style=c.eval.prompt_style.value,
                                weight_version=self.weight_version, step=self.step, model=str(c.model.path),

@@ -45,6 +45,9 @@ def test_select_records_spreads_over_domains(prepared_dir):
     recs = load_prepared(prepared_dir, "test")
     some = select_records(recs, max_samples=8)
     assert len(some) == 8 and len({r.modality for r in some}) == 8
+    assert len({r.question_type for r in some}) == 5, "a few samples must cover both axes"
+    assert [r.id for r in some] == [r.id for r in recs if r in some], "original order kept"
+    assert len({r.id for r in select_records(recs, max_samples=len(recs) - 1)}) == len(recs) - 1
     only_ct = select_records(recs, modalities=["CT"])
     assert {r.modality for r in only_ct} == {"CT"} and len(only_ct) == 5
 
