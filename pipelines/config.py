@@ -62,6 +62,11 @@ class Placement(str, enum.Enum):
     STRICT_SPREAD = "STRICT_SPREAD"
 
 
+class OptionOrder(str, enum.Enum):
+    shuffled = "shuffled"  # the answer at a balanced random letter, as in Med-R1's data
+    fixed = "fixed"  # options in their category's order (e.g. Grade 0..3)
+
+
 class OnBadRecord(str, enum.Enum):
     error = "error"
     skip = "skip"
@@ -111,7 +116,7 @@ class SyntheticDataConfig:
     per_cell: int = 12
     image_size: int = 112
     test_fraction: float = 0.2
-    option_order: str = "shuffled"  # shuffled (answer at a random letter) | fixed (category order)
+    option_order: OptionOrder = OptionOrder.shuffled
 
 
 @dataclass
@@ -389,8 +394,6 @@ def validate(cfg: Any) -> None:
         problems.append("trainer.prompts_per_step must be >= 1")
     if cfg.weight_sync.backend == SyncBackend.nccl and cfg.rollout.resources_per_worker.num_gpus <= 0:
         problems.append("weight_sync.backend=nccl needs GPUs: set rollout.resources_per_worker.num_gpus > 0")
-    if cfg.data.synthetic.option_order not in ("shuffled", "fixed"):
-        problems.append(f"data.synthetic.option_order must be shuffled or fixed (got '{cfg.data.synthetic.option_order}')")
     if cfg.sft.target not in ("answer", "format"):
         problems.append(f"sft.target must be one of answer, format (got '{cfg.sft.target}')")
     if cfg.sft.lr_scheduler not in ("constant", "cosine", "linear"):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import shlex
 
+from pipelines.config import OptionOrder
+
 ON_BAD = ("error", "skip")
 
 
@@ -18,7 +20,7 @@ def register(subparsers) -> None:
     s.add_argument("--out", required=True, help="output directory")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--per-cell", type=int, default=12, help="images per (modality, question type) cell (default 12)")
-    s.add_argument("--option-order", choices=("shuffled", "fixed"), default="shuffled",
+    s.add_argument("--option-order", choices=[o.value for o in OptionOrder], default=OptionOrder.shuffled.value,
                    help="shuffled: answer at a balanced random letter (default); fixed: options in category order")
     s.add_argument("--image-size", type=int, default=112, help="image side in pixels (default 112)")
     s.add_argument("--test-fraction", type=float, default=0.2)

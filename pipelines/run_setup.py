@@ -45,7 +45,7 @@ def ensure_data(cfg):
         s = cfg.data.synthetic
         log.info("building the synthetic benchmark into %s", d)
         prepare_synthetic(str(d), seed=s.seed, per_cell=s.per_cell, image_size=s.image_size,
-                          test_fraction=s.test_fraction, command="medr1 train (auto)", option_order=s.option_order)
+                          test_fraction=s.test_fraction, command="medr1 train (auto)", option_order=s.option_order.value)
     train = load_prepared(d, cfg.data.train_split)
     test = load_prepared(d, cfg.data.test_split)
 
