@@ -65,6 +65,7 @@ class Placement(str, enum.Enum):
 class OptionOrder(str, enum.Enum):
     shuffled = "shuffled"  # the answer at a balanced random letter, as in Med-R1's data
     fixed = "fixed"  # options in their category's order (e.g. Grade 0..3)
+    canonical = "canonical"  # every class of the category, in its order: a class always has one letter
 
 
 class OnBadRecord(str, enum.Enum):

@@ -39,13 +39,17 @@ def ensure_data(cfg):
     from pipelines.data.store import load_prepared
 
     d = Path(cfg.data.prepared_dir)
-    if cfg.data.source == "synthetic" and not (d / "manifest.json").is_file():
-        from pipelines.data.synthetic import prepare_synthetic
-
+    if cfg.data.source == "synthetic":
         s = cfg.data.synthetic
-        log.info("building the synthetic benchmark into %s", d)
-        prepare_synthetic(str(d), seed=s.seed, per_cell=s.per_cell, image_size=s.image_size,
-                          test_fraction=s.test_fraction, command="medr1 train (auto)", option_order=s.option_order.value)
+        wanted = {"seed": s.seed, "per_cell": s.per_cell, "image_size": s.image_size,
+                  "test_fraction": s.test_fraction, "option_order": s.option_order.value}
+        if (d / "manifest.json").is_file():
+            _check_synthetic_build(d, wanted)
+        else:
+            from pipelines.data.synthetic import prepare_synthetic
+
+            log.info("building the synthetic benchmark into %s", d)
+            prepare_synthetic(str(d), command="medr1 train (auto)", **wanted)
     train = load_prepared(d, cfg.data.train_split)
     test = load_prepared(d, cfg.data.test_split)
 
@@ -58,6 +62,21 @@ def ensure_data(cfg):
         raise UserError(f"no training records in {d} for modalities={list(cfg.data.modalities)} "
                         f"question_types={list(cfg.data.question_types)}")
     return train, test
+
+
+def _check_synthetic_build(d: Path, wanted: dict) -> None:
+    """A synthetic build is reused only if it was built with the configured settings;
+    otherwise the run would silently train on other data than its config says."""
+    import json
+
+    manifest = json.loads((d / "manifest.json").read_text())
+    if manifest.get("builder") != "synthetic":
+        return  # prepared by hand from another source: the user chose this directory
+    differ = [f"{k}={manifest.get(k, 'shuffled' if k == 'option_order' else None)!r} (config: {v!r})"
+              for k, v in wanted.items() if manifest.get(k, "shuffled" if k == "option_order" else None) != v]
+    if differ:
+        raise UserError(f"{d} holds a synthetic benchmark built with other settings: {', '.join(differ)}. "
+                        f"Delete {d} to rebuild it, or set data.prepared_dir to a new directory.")
 
 
 def ensure_warmstart(cfg, model_path: str, train: list) -> str:

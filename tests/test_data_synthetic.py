@@ -143,3 +143,18 @@ def test_fixed_option_order_lists_options_in_category_order():
             assert b.options[LETTERS.index(b.answer)] == a.options[LETTERS.index(a.answer)]
     with pytest.raises(ValueError, match="option_order"):
         build_synthetic(per_cell=1, option_order="alphabetical")
+
+
+def test_canonical_option_order_gives_each_class_one_letter():
+    from pipelines.data.synthetic import _classes
+
+    for modality, qtype in (("CT", "lesion grading"), ("dermoscopy", "lesion grading"),
+                            ("microscopy", "other biological attributes"), ("OCT", "modality recognition")):
+        shuffled = build_cell(modality, qtype, 24, seed=0, image_size=56)
+        canon = build_cell(modality, qtype, 24, seed=0, image_size=56, option_order="canonical")
+        classes = list(_classes(SPECS[modality], qtype))
+        for a, b in zip(shuffled, canon):
+            assert a.image == b.image, "same images in every option order"
+            assert b.options == classes, "every class of the category, never an extra distractor"
+            truth = a.options[LETTERS.index(a.answer)]
+            assert b.answer == LETTERS[classes.index(truth)]

@@ -200,7 +200,7 @@ def _png(img) -> bytes:
     return buf.getvalue()
 
 
-OPTION_ORDERS = ("shuffled", "fixed")
+OPTION_ORDERS = ("shuffled", "fixed", "canonical")
 
 
 def build_cell(modality: str, qtype: str, n: int, seed: int, image_size: int,
@@ -209,7 +209,10 @@ def build_cell(modality: str, qtype: str, n: int, seed: int, image_size: int,
 
     ``option_order``: "shuffled" puts the answer at a balanced random letter (as in Med-R1's
     data); "fixed" lists the options in the category's own order (e.g. Grade 0..3), so a
-    class keeps the same letter whenever the same options are offered.
+    class keeps the same letter whenever the same options are offered; "canonical" offers
+    every class of the category, in that order, so a class always has the same letter and
+    answering needs no reading of the options (a from-scratch model cannot learn option
+    matching in a short run: see bench/bench_learnability.py).
     """
     mi, qi = MODALITIES.index(modality), QUESTION_TYPES.index(qtype)
     rng = np.random.default_rng([seed, mi, qi])
@@ -224,7 +227,7 @@ def build_cell(modality: str, qtype: str, n: int, seed: int, image_size: int,
     out = []
     for i, label in enumerate(labels):
         pool = list(classes) + list(EXTRA_DISTRACTORS.get((modality, qtype), ()))
-        k = min(len(pool), int(rng.choice(OPTION_COUNTS, p=OPTION_COUNT_P)))
+        k = min(len(pool), int(rng.choice(OPTION_COUNTS, p=OPTION_COUNT_P)))  # drawn in every mode: same images
         if not positions.get(k):  # answer positions cycle through balanced, shuffled blocks
             positions[k] = [int(p) for p in rng.permutation(k)]
         pos = positions[k].pop()
@@ -233,7 +236,9 @@ def build_cell(modality: str, qtype: str, n: int, seed: int, image_size: int,
         options = distractors[:pos] + [label] + distractors[pos:]
         if option_order == "fixed":
             options = sorted(options, key=pool.index)
-            pos = options.index(label)
+        elif option_order == "canonical":
+            options = list(classes)
+        pos = options.index(label)
         question = templates[int(rng.integers(len(templates)))].format(mod=spec.word)
         img = spec.draw(rng, image_size, _scene(spec, qtype, label, rng))
         rec = VQARecord(id=f"syn-{spec.code}-{QCODES[qtype]}-{i:04d}", image=_png(img), question=question,
