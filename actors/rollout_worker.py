@@ -38,6 +38,7 @@ class RolloutWorker:
             "worker": self.index,
             "seconds": seconds,
             "tokens": tokens,
+            "batch_retries": self.engine.batch_retries,
         }
 
     def load_weights(self, payload, version: int) -> dict:

@@ -108,6 +108,11 @@ class RolloutEngine:
         self.sleep_frees_memory = bool(enable_sleep and current_platform.is_sleep_mode_available())
         if self.sleep_frees_memory:
             kwargs["enable_sleep_mode"] = True
+        if current_platform.is_cpu():
+            # A chunked prefill discards a sample and rewinds its request's seeded generator;
+            # CPU generators cannot rewind ("CPU Generator does not use offset"), which fails
+            # the whole batch once a rollout's prompts exceed one scheduling budget.
+            kwargs["enable_chunked_prefill"] = False
         if tensor_parallel_size == 1:
             kwargs["distributed_executor_backend"] = "uni"
         if kv_cache_memory_bytes:
@@ -117,6 +122,7 @@ class RolloutEngine:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
+        self.batch_retries = 0  # batches that failed and were re-run prompt by prompt (slow)
 
     def generate(
         self,
@@ -171,6 +177,7 @@ class RolloutEngine:
         except Exception as e:
             # One bad prompt fails the whole batch inside vLLM; retry one by one to isolate it.
             log.warning("batch generation failed (%s); retrying prompt by prompt", e)
+            self.batch_retries += 1
             self._drop_unfinished()
             outputs = []
             for req, sp, i in zip(requests, params, index):

@@ -100,3 +100,21 @@ def test_vllm_and_transformers_agree_on_greedy(tiny_model_dir, rollout_worker, r
     assert result["prompt_token_ids"] == inputs["input_ids"][0].tolist()
     vllm_ids = result["completions"][0]["token_ids"]
     assert vllm_ids[:4] == hf[:4], (vllm_ids, hf)
+
+
+@pytest.mark.slow
+def test_a_seeded_rollout_larger_than_one_prefill_chunk_runs_as_one_batch(tiny_model_dir, rollout_worker,
+                                                                          ray_session):
+    """64 prompts x 4 samples with per-prompt seeds: more prompt tokens than one chunked-prefill
+    budget (4096). vLLM's CPU sampler used to fail such a batch ("CPU Generator does not use
+    offset"), and the engine then fell back to one prompt at a time."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompts = [{"id": f"p{i}", "image": _image_png(i % 3), "seed": 1000 + i,
+                "prompt": tok.apply_chat_template(_messages(f"{QUESTION} Case {i}."), add_generation_prompt=True,
+                                                  tokenize=False)} for i in range(64)]
+    out = ray_session.get(rollout_worker.generate.remote(prompts, {"n": 4, "temperature": 1.0, "max_tokens": 4}))
+    assert sum(len(r["prompt_token_ids"]) for r in out["results"]) > 4096
+    assert all(r["error"] is None and len(r["completions"]) == 4 for r in out["results"])
+    assert out["batch_retries"] == 0
