@@ -19,9 +19,11 @@ Decisions:
   ZeRO-3 partitioning and no optimizer (partitioned like the policy, forward is collective);
   under stages 0-2 it is a plain full copy in eval mode. Reference log-probs are computed
   once per ``train_step`` and reused across ``updates_per_batch`` passes.
-- One pass over the rank's samples = one optimizer step; ``updates_per_batch`` passes =
-  that many steps per ``train_step``; the LR schedule counts optimizer steps
-  (total_steps * updates_per_batch).
+- One pass over the rank's samples = ``mini_batches`` optimizer steps (the micro-batches are
+  split into that many contiguous mini-batches, each normalised over its own global counts);
+  ``updates_per_batch`` passes repeat that. The clipped ratio against the sampling log-probs
+  keeps the later steps on the same rollouts honest (PPO-style). The LR schedule counts
+  optimizer steps (total_steps * updates_per_batch * mini_batches).
 - Policy weights are loaded in full on every rank and partitioned by ``deepspeed.initialize``
   (fine up to a few B parameters; a ``zero.Init`` load path would be needed for much larger models).
 """
@@ -141,7 +143,8 @@ class GRPOLearner:
         model.train()
 
         self.updates_per_batch = max(1, int(grpo_cfg.updates_per_batch))
-        opt_steps = max(1, int(total_steps) * self.updates_per_batch)
+        self.mini_batches = max(1, int(grpo_cfg.get("mini_batches", 1)))
+        opt_steps = max(1, int(total_steps) * self.updates_per_batch * self.mini_batches)
         sched = lr_lambda(str(learner_cfg.lr_scheduler), opt_steps, float(learner_cfg.warmup_ratio))
         client_opt = not learner_cfg.offload_optimizer
         ds_config = build_ds_config(learner_cfg, world_size=self.world_size,
@@ -207,23 +210,34 @@ class GRPOLearner:
         loss_agg = "token_mean" if self.objective == "sft" else str(_val(g.loss_agg))
         mb = int(self.cfg.micro_batch_size)
         chunks = [samples[i:i + mb] for i in range(0, len(samples), mb)]
-        n_tok_local = sum(len(s.completion_ids) for s in samples)
-        counts = self._all_reduce(torch.tensor([len(samples), n_tok_local], dtype=torch.float64))
         n_micro = int(self._all_reduce(torch.tensor([len(chunks)], dtype=torch.int64), dist.ReduceOp.MAX)[0])
-        global_seqs, global_tokens = float(counts[0]), float(counts[1])
-        if global_seqs == 0:
+        if n_micro == 0:
+            return {"skipped": 1.0, "num_samples": 0.0, "learner_time": time.perf_counter() - t0}
+        # Mini-batch j is micro-batches bounds[j]:bounds[j+1] on every rank (same split everywhere).
+        n_mini = min(self.mini_batches, n_micro)
+        bounds = [round(j * n_micro / n_mini) for j in range(n_mini + 1)]
+        local = torch.zeros(2 * n_mini, dtype=torch.float64)  # [seqs_0, tokens_0, seqs_1, ...]
+        for j in range(n_mini):
+            for c in chunks[bounds[j]:bounds[j + 1]]:
+                local[2 * j] += len(c)
+                local[2 * j + 1] += sum(len(s.completion_ids) for s in c)
+        counts = self._all_reduce(local)
+        if float(counts[0::2].sum()) == 0:
             return {"skipped": 1.0, "num_samples": 0.0, "learner_time": time.perf_counter() - t0}
         filler = samples[:1] or [self._dummy]
-        # (samples, weight): weight = share of the global batch * world (DeepSpeed averages over ranks).
+        # (samples, weight): weight = share of its mini-batch's global batch * world (DeepSpeed
+        # averages over ranks), so each optimizer step follows exactly that mini-batch's loss.
         micro = []
-        for i in range(n_micro):
-            if i < len(chunks):
-                c = chunks[i]
-                share = (sum(len(s.completion_ids) for s in c) / max(global_tokens, 1.0)
-                         if loss_agg == "token_mean" else len(c) / global_seqs)
-                micro.append((c, share * self.world_size))
-            else:
-                micro.append((filler, 0.0))
+        for j in range(n_mini):
+            seqs, tokens = float(counts[2 * j]), float(counts[2 * j + 1])
+            for i in range(bounds[j], bounds[j + 1]):
+                if i < len(chunks):
+                    c = chunks[i]
+                    share = (sum(len(s.completion_ids) for s in c) / max(tokens, 1.0)
+                             if loss_agg == "token_mean" else len(c) / max(seqs, 1.0))
+                    micro.append((c, share * self.world_size))
+                else:
+                    micro.append((filler, 0.0))
         batches = [self._batch(c) for c, _ in micro]
 
         ref_logps: list[Optional[torch.Tensor]] = [None] * len(batches)
@@ -235,40 +249,45 @@ class GRPOLearner:
         sums: dict[str, float] = {}
         wsum = 0.0
         grad_norms, lrs = [], []
-        loss_total = 0.0
+        loss_total, n_steps = 0.0, 0
         self.engine.train()
         for _ in range(self.updates_per_batch):
-            for i, (b, (c, w)) in enumerate(zip(batches, micro)):
-                self.engine.set_gradient_accumulation_boundary(i == len(batches) - 1)
-                logp, ent = completion_logprobs(self.engine, b, self.temperature, compute_entropy=True)
-                if self.objective == "sft":
-                    loss, m = _sft_loss(logp, b, ent)
-                else:
-                    loss, m = _grpo_loss(logp, b, ref_logps[i], g, ent)
-                self.engine.backward(loss * w, scale_wrt_gas=False)
-                if w > 0:
-                    loss_total += float(m["loss"]) * w
-                    nb = float(len(c))
-                    wsum += nb
-                    for k, v in m.items():
-                        if k != "num_tokens":
-                            sums[k] = sums.get(k, 0.0) + float(v) * nb
-            lrs.append(float(self.scheduler.get_last_lr()[0]))
-            pre_norm = self._local_grad_norm() if self.stage == 0 else None
-            self.engine.step()
-            self.optimizer_steps += 1
-            gn = self.engine.get_global_grad_norm()
-            if gn is None:
-                gn = pre_norm
-            if gn is not None:
-                grad_norms.append(float(gn))
+            for j in range(n_mini):
+                if float(counts[2 * j]) == 0:  # no rank has samples here: no step anywhere
+                    continue
+                for i in range(bounds[j], bounds[j + 1]):
+                    b, (c, w) = batches[i], micro[i]
+                    self.engine.set_gradient_accumulation_boundary(i == bounds[j + 1] - 1)
+                    logp, ent = completion_logprobs(self.engine, b, self.temperature, compute_entropy=True)
+                    if self.objective == "sft":
+                        loss, m = _sft_loss(logp, b, ent)
+                    else:
+                        loss, m = _grpo_loss(logp, b, ref_logps[i], g, ent)
+                    self.engine.backward(loss * w, scale_wrt_gas=False)
+                    if w > 0:
+                        loss_total += float(m["loss"]) * w
+                        nb = float(len(c))
+                        wsum += nb
+                        for k, v in m.items():
+                            if k != "num_tokens":
+                                sums[k] = sums.get(k, 0.0) + float(v) * nb
+                lrs.append(float(self.scheduler.get_last_lr()[0]))
+                pre_norm = self._local_grad_norm() if self.stage == 0 else None
+                self.engine.step()
+                self.optimizer_steps += 1
+                n_steps += 1
+                gn = self.engine.get_global_grad_norm()
+                if gn is None:
+                    gn = pre_norm
+                if gn is not None:
+                    grad_norms.append(float(gn))
 
         metrics = {k: v / wsum for k, v in sums.items()} if wsum > 0 else {}
         # loss: this rank's share of the global objective times world size, so the rank mean is the global loss.
-        metrics["loss"] = loss_total / self.updates_per_batch
+        metrics["loss"] = loss_total / max(n_steps, 1)
         metrics["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else float("nan")
         metrics["lr"] = lrs[0]
-        metrics["num_tokens"] = float(n_tok_local)
+        metrics["num_tokens"] = float(sum(len(s.completion_ids) for s in samples))
         metrics["num_samples"] = float(len(samples))
         metrics["optimizer_steps"] = float(self.optimizer_steps)
         metrics["learner_time"] = time.perf_counter() - t0

@@ -181,6 +181,9 @@ class GRPOConfig:
     seq_sum_norm_constant: float = 256.0
     filter_dead_groups: bool = False
     updates_per_batch: int = 1
+    # Optimizer steps per pass over a rollout batch: it is split into this many mini-batches
+    # (verl's ppo_mini_batch_size, TRL's steps_per_generation). More steps per rollout.
+    mini_batches: int = 1
 
 
 @dataclass
@@ -391,6 +394,8 @@ def validate(cfg: Any) -> None:
         problems.append("grpo.clip_low must be in [0, 1) and grpo.clip_high >= 0")
     if cfg.grpo.beta < 0:
         problems.append("grpo.beta must be >= 0")
+    if cfg.grpo.updates_per_batch < 1 or cfg.grpo.mini_batches < 1:
+        problems.append("grpo.updates_per_batch and grpo.mini_batches must be >= 1")
     if cfg.trainer.prompts_per_step < 1:
         problems.append("trainer.prompts_per_step must be >= 1")
     if cfg.weight_sync.backend == SyncBackend.nccl and cfg.rollout.resources_per_worker.num_gpus <= 0:

@@ -88,7 +88,7 @@ def run_sft(cfg, model_path: str, records: list, out_dir: str, *, target: str, e
     steps = max(1, math.ceil(len(samples) * epochs / bs))
     learner_cfg = OmegaConf.merge(cfg.learner, {"lr": lr, "lr_scheduler": s.lr_scheduler,
                                                 "warmup_ratio": s.warmup_ratio})
-    grpo_cfg = OmegaConf.merge(cfg.grpo, {"beta": 0.0, "updates_per_batch": 1})
+    grpo_cfg = OmegaConf.merge(cfg.grpo, {"beta": 0.0, "updates_per_batch": 1, "mini_batches": 1})
     group = LearnerGroup(model_path, learner_cfg, grpo_cfg, total_steps=steps, samples_per_step=bs,
                          learner_kwargs={"dtype": cfg.model.dtype.value, "objective": "sft",
                                          "attn_implementation": cfg.model.attn_implementation,

@@ -246,6 +246,25 @@ def test_positive_advantage_raises_logprob(model_dir, dist_env):
     assert after[1] < before[1] - 0.05, (before, after)
 
 
+def test_mini_batches_step_like_consecutive_batches(model_dir, dist_env):
+    """mini_batches=2 on 8 samples = two optimizer steps, each on the loss of its own 4 samples:
+    the same weights as two train_steps on the halves."""
+    kw = dict(zero_stage=2, lr=1e-3, beta=0.04, micro_batch_size=2)
+    split = make_learner(model_dir, mini_batches=2, **kw)
+    halves = make_learner(model_dir, **kw)
+    samples = make_samples(split.processor, 8, seed=5)
+    m = split.train_step(samples)
+    halves.train_step(samples[:4])
+    halves.train_step(samples[4:])
+    assert split.optimizer_steps == 2 and m["num_samples"] == 8
+    a, b = weights(split), weights(halves)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+    one_step = make_learner(model_dir, **kw)
+    one_step.train_step(samples)
+    c = weights(one_step)
+    assert max(float((a[k] - c[k]).abs().max()) for k in a) > 1e-4, "two steps differ from one"
+
+
 def test_empty_batch_is_skipped(learner):
     steps = learner.optimizer_steps
     m = learner.train_step([])
