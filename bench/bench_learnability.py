@@ -1,6 +1,7 @@
 """How fast can the tiny Qwen2-VL learn to answer from the image? Supervised, letter-only.
 
     .venv/bin/python bench/bench_learnability.py [--model outputs/tiny-qwen2vl] [--steps 300] [--batch 8]
+        [--question-types "modality recognition"] [--option-order shuffled|fixed|canonical]
 
 Three targets, trained side by side from the same weights on the same built-in data
 (no-think prompt, cross-entropy on the single letter after ``<answer>``):
@@ -12,6 +13,9 @@ Three targets, trained side by side from the same weights on the same built-in d
 
 Supervised letters are an upper bound on what GRPO can learn from the same number of
 prompts, so this says whether the embedded default can learn at all in its budget.
+With ``--question-types "modality recognition"`` the ``answer`` column shows option
+matching (shuffled: not learned) against ``class`` (the same look, no matching: learned);
+with ``--option-order canonical`` the answer letter *is* the class.
 Prints held-out accuracy at checkpoints, one column per target.
 """
 from __future__ import annotations
@@ -92,14 +96,17 @@ def main() -> int:
     ap.add_argument("--every", type=int, default=50)
     ap.add_argument("--test", type=int, default=160, help="held-out records scored at each checkpoint")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--question-types", default="", help="comma-separated subset (default: all five)")
+    ap.add_argument("--option-order", default="shuffled", choices=["shuffled", "fixed", "canonical"])
     args = ap.parse_args()
 
     from tqdm import tqdm
 
     from pipelines.data.synthetic import build_synthetic
 
-    splits = build_synthetic(per_cell=args.per_cell, image_size=112)
-    train, test = splits["train"], splits["test"]
+    splits = build_synthetic(per_cell=args.per_cell, image_size=112, option_order=args.option_order)
+    wanted = {q.strip() for q in args.question_types.split(",") if q.strip()}
+    train, test = ([r for r in splits[k] if not wanted or r.question_type in wanted] for k in ("train", "test"))
     test = test[:: max(1, len(test) // args.test)][: args.test]
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model

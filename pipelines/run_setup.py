@@ -80,18 +80,34 @@ def _check_synthetic_build(d: Path, wanted: dict) -> None:
 
 
 def ensure_warmstart(cfg, model_path: str, train: list) -> str:
-    """The format warm-start (SFT on random letters) the run starts from, built once if configured."""
+    """The format warm-start (SFT on random letters) the run starts from, built once if configured.
+
+    ``warmstart.json`` records what it was built from; a later run with other settings is
+    stopped instead of silently starting from a policy trained for another prompt or data."""
+    import json
+
     from pipelines.tiny_model import is_model_dir
 
     if not cfg.sft.warmstart_dir:
         return model_path
-    hf = Path(cfg.sft.warmstart_dir) / "hf"
-    if not is_model_dir(hf):
-        from pipelines.sft import run_sft
+    d = Path(cfg.sft.warmstart_dir)
+    hf, record = d / "hf", d / "warmstart.json"
+    wanted = {"base_model": str(model_path), "prompt_style": cfg.sft.prompt_style.value,
+              "epochs": float(cfg.sft.warmstart_epochs), "lr": float(cfg.sft.warmstart_lr),
+              "train_records": hashlib.sha256("\n".join(r.id for r in train).encode()).hexdigest()[:16]}
+    if is_model_dir(hf):
+        built = json.loads(record.read_text()) if record.is_file() else {}
+        differ = [f"{k}={built.get(k)!r} (now: {v!r})" for k, v in wanted.items() if built.get(k) != v]
+        if differ:
+            raise UserError(f"the format warm-start in {d} was built with other settings: {', '.join(differ)}. "
+                            f"Delete {d} to rebuild it, or set sft.warmstart_dir to a new directory.")
+        return str(hf)
+    from pipelines.sft import run_sft
 
-        log.info("format warm-start of %s into %s", model_path, hf)
-        run_sft(cfg, model_path, train, cfg.sft.warmstart_dir, target="format",
-                epochs=cfg.sft.warmstart_epochs, lr=cfg.sft.warmstart_lr)
+    log.info("format warm-start of %s into %s", model_path, hf)
+    run_sft(cfg, model_path, train, cfg.sft.warmstart_dir, target="format",
+            epochs=cfg.sft.warmstart_epochs, lr=cfg.sft.warmstart_lr)
+    record.write_text(json.dumps(wanted, indent=2))
     return str(hf)
 
 

@@ -112,9 +112,12 @@ class GRPOTrainer:
         return max(1, (len(self.ctx.train) * c.trainer.epochs) // c.trainer.prompts_per_step)
 
     def train_step(self) -> dict:
+        import torch
+
         from learner.grpo import compute_advantages, dead_group_mask
         from learner.samples import TrainSample
-        import torch
+        from pipelines.evaluation import FORMAT_REWARD
+        from rewards import get_reward
 
         c, ctx = self.cfg, self.ctx
         G = c.rollout.group_size
@@ -177,8 +180,8 @@ class GRPOTrainer:
             reward_mean=float(rewards.mean()),
             reward_std=float(rewards.std()) if len(rewards) > 1 else 0.0,
             accuracy=_mean([x.get("accuracy_strict", x.get("accuracy", 0.0)) for x in comps]),
-            format_rate=_mean([x.get("format", x.get("format_nothink", x.get("format_think_after", 0.0)))
-                               for x in comps]),
+            # the paper's format check for the prompt style in use, whichever rewards are configured
+            format_rate=_mean(get_reward(FORMAT_REWARD[c.data.prompt_style.value])(texts)) if texts else 0.0,
             completion_length=_mean([len(s.completion_ids) for s in samples]) if samples else 0.0,
             rollout_tokens=outcome.tokens,
             rollout_tokens_per_s=outcome.tokens / max(outcome.seconds, 1e-9),

@@ -25,3 +25,29 @@ def test_a_build_with_other_settings_is_refused_by_name(tmp_path, override, name
     with pytest.raises(UserError, match=rf"{name}=.*\(config: .*Delete .*syn to rebuild"):
         ensure_data(_cfg(tmp_path, override))
     assert (tmp_path / "syn" / "manifest.json").is_file(), "nothing is deleted"
+
+
+def test_a_warm_start_is_reused_only_with_the_settings_it_was_built_with(tmp_path, tiny_model_dir):
+    import json
+    import shutil
+
+    from pipelines.run_setup import ensure_warmstart
+
+    cfg = _cfg(tmp_path, f"sft.warmstart_dir={tmp_path / 'warm'}")
+    train, _ = ensure_data(cfg)
+    shutil.copytree(tiny_model_dir, tmp_path / "warm" / "hf")  # as a finished warm-start leaves it
+    with pytest.raises(UserError, match=r"warm-start in .*warm was built with other settings: base_model=None"):
+        ensure_warmstart(cfg, str(tiny_model_dir), train)  # no record: built by an older version
+    record = {"base_model": str(tiny_model_dir), "prompt_style": "think", "epochs": 2.0, "lr": 1e-3,
+              "train_records": None}
+    (tmp_path / "warm" / "warmstart.json").write_text(json.dumps(record))
+    with pytest.raises(UserError, match=r"train_records=None"):
+        ensure_warmstart(cfg, str(tiny_model_dir), train)
+    import hashlib
+
+    record["train_records"] = hashlib.sha256("\n".join(r.id for r in train).encode()).hexdigest()[:16]
+    (tmp_path / "warm" / "warmstart.json").write_text(json.dumps(record))
+    assert ensure_warmstart(cfg, str(tiny_model_dir), train) == str(tmp_path / "warm" / "hf")
+    nothink = _cfg(tmp_path, f"sft.warmstart_dir={tmp_path / 'warm'}", "sft.prompt_style=nothink")
+    with pytest.raises(UserError, match=r"prompt_style='think' \(now: 'nothink'\)"):
+        ensure_warmstart(nothink, str(tiny_model_dir), train)
