@@ -372,7 +372,8 @@ def _grpo_loss(logp, b, ref_logp, g, entropy):
     beta = float(g.beta)
     return grpo_loss(logp, b["old_logprobs"], b["advantages"], b["completion_mask"],
                      ref_logp if beta > 0 else None,
-                     beta=beta, kl_estimator=str(_val(g.kl_estimator)), clip_low=float(g.clip_low),
+                     beta=beta, kl_estimator=str(_val(g.kl_estimator)), kl_clamp=float(g.get("kl_clamp", 0.0)),
+                     clip_low=float(g.clip_low),
                      clip_high=float(g.clip_high), loss_agg=str(_val(g.loss_agg)),
                      seq_sum_norm_constant=float(g.seq_sum_norm_constant), entropy=entropy)
 

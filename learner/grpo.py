@@ -101,22 +101,30 @@ def compute_advantages(
 # KL to the reference policy (per token, samples drawn from the current policy)
 
 
-def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k3") -> torch.Tensor:
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k3",
+               clamp: float = 0.0) -> torch.Tensor:
     """Per-token estimate of KL(pi || pi_ref) from log-probs of sampled tokens.
 
     k1 = log r            (unbiased, can be negative, high variance)
     k2 = 0.5 * (log r)^2  (biased, low variance, >= 0)
     k3 = exp(-log r) + log r - 1 = exp(ref - logp) - (ref - logp) - 1  (unbiased, >= 0)
     where log r = logp - ref_logp.  k3 is what GRPO/Med-R1 use.
+    ``clamp`` > 0 bounds each token's estimate to [-clamp, clamp]: k3 grows exponentially
+    when the policy has pushed a sampled token far below the reference, and one such token
+    can dominate a step (verl clamps its k3 at 10). 0 = no clamp, as in the paper.
     """
     if estimator not in KL_ESTIMATORS:
         raise ValueError(f"estimator must be one of {KL_ESTIMATORS}, got {estimator!r}")
+    if clamp < 0:
+        raise ValueError(f"clamp must be >= 0, got {clamp}")
     log_ratio = logp - ref_logp
     if estimator == "k1":
-        return log_ratio
-    if estimator == "k2":
-        return 0.5 * log_ratio**2
-    return torch.exp(-log_ratio) + log_ratio - 1.0
+        kl = log_ratio
+    elif estimator == "k2":
+        kl = 0.5 * log_ratio**2
+    else:
+        kl = torch.exp(-log_ratio) + log_ratio - 1.0
+    return kl.clamp(-clamp, clamp) if clamp > 0 else kl
 
 
 # -----------------------------------------------------------------------------
@@ -141,6 +149,7 @@ def grpo_loss(
     *,
     beta: float = 0.04,
     kl_estimator: str = "k3",
+    kl_clamp: float = 0.0,
     clip_low: float = 0.2,
     clip_high: float = 0.2,
     loss_agg: str = "seq_mean_token_mean",
@@ -200,7 +209,7 @@ def grpo_loss(
     kl_per_token = None
     if ref_logp is not None:
         ref = torch.where(maskb, ref_logp.detach().float(), zero)
-        kl_per_token = kl_penalty(logp, ref, kl_estimator)
+        kl_per_token = kl_penalty(logp, ref, kl_estimator, kl_clamp)
     per_token = pg_per_token + beta * kl_per_token if use_kl else pg_per_token
 
     def aggregate(x: torch.Tensor) -> torch.Tensor:

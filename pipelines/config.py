@@ -175,6 +175,7 @@ class GRPOConfig:
     advantage_eps: float = 1e-4
     beta: float = 0.04
     kl_estimator: KLEstimator = KLEstimator.k3
+    kl_clamp: float = 0.0  # > 0 bounds each token's KL estimate (verl: 10); 0 = the paper, none
     clip_low: float = 0.2
     clip_high: float = 0.2
     loss_agg: LossAgg = LossAgg.seq_mean_token_mean
@@ -392,8 +393,8 @@ def validate(cfg: Any) -> None:
         problems.append(f"data.source must be one of synthetic, prepared (got '{cfg.data.source}')")
     if not (0.0 <= cfg.grpo.clip_low < 1.0) or cfg.grpo.clip_high < 0.0:
         problems.append("grpo.clip_low must be in [0, 1) and grpo.clip_high >= 0")
-    if cfg.grpo.beta < 0:
-        problems.append("grpo.beta must be >= 0")
+    if cfg.grpo.beta < 0 or cfg.grpo.kl_clamp < 0:
+        problems.append("grpo.beta and grpo.kl_clamp must be >= 0")
     if cfg.grpo.updates_per_batch < 1 or cfg.grpo.mini_batches < 1:
         problems.append("grpo.updates_per_batch and grpo.mini_batches must be >= 1")
     if cfg.trainer.prompts_per_step < 1:

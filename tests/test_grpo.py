@@ -105,6 +105,20 @@ def test_kl_estimators():
         kl_penalty(logp, ref, "k4")
 
 
+def test_kl_clamp_bounds_each_token():
+    logp = torch.tensor([-12.0, -1.0, -0.5], requires_grad=True)
+    ref = torch.tensor([-0.5, -2.0, -0.5])
+    raw = kl_penalty(logp, ref, "k3")
+    assert float(raw[0]) > 9000  # exp(11.5): the spike a clamp exists for
+    clamped = kl_penalty(logp, ref, "k3", clamp=10.0)
+    assert close(clamped, [10.0, math.exp(-1), 0.0])
+    clamped.sum().backward()
+    assert float(logp.grad[0]) == 0.0 and float(logp.grad[1]) != 0.0  # a clamped token is not pulled back
+    assert close(kl_penalty(logp.detach(), ref, "k1", clamp=1.0), [-1.0, 1.0, 0.0])
+    with pytest.raises(ValueError, match="clamp"):
+        kl_penalty(logp, ref, "k3", clamp=-1.0)
+
+
 def test_k3_gradient():
     # d k3 / d logp = 1 - exp(ref - logp)
     logp = torch.tensor([-1.0, -2.0], requires_grad=True)
