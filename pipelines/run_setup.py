@@ -72,11 +72,17 @@ def _check_synthetic_build(d: Path, wanted: dict) -> None:
     manifest = json.loads((d / "manifest.json").read_text())
     if manifest.get("builder") != "synthetic":
         return  # prepared by hand from another source: the user chose this directory
-    differ = [f"{k}={manifest.get(k, 'shuffled' if k == 'option_order' else None)!r} (config: {v!r})"
-              for k, v in wanted.items() if manifest.get(k, "shuffled" if k == "option_order" else None) != v]
+    built = {"option_order": "shuffled", **manifest}  # builds from before option_order existed were shuffled
+    differ = [f"{k}={built.get(k)!r} (config: {v!r})" for k, v in wanted.items() if built.get(k) != v]
     if differ:
         raise UserError(f"{d} holds a synthetic benchmark built with other settings: {', '.join(differ)}. "
                         f"Delete {d} to rebuild it, or set data.prepared_dir to a new directory.")
+
+
+def records_digest(records: list) -> str:
+    """Short hash of what a warm-start learns from: ids, options and answers, in order."""
+    text = "\n".join(f"{r.id}|{r.answer}|{'|'.join(r.options)}" for r in records)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def ensure_warmstart(cfg, model_path: str, train: list) -> str:
@@ -94,7 +100,7 @@ def ensure_warmstart(cfg, model_path: str, train: list) -> str:
     hf, record = d / "hf", d / "warmstart.json"
     wanted = {"base_model": str(model_path), "prompt_style": cfg.sft.prompt_style.value,
               "epochs": float(cfg.sft.warmstart_epochs), "lr": float(cfg.sft.warmstart_lr),
-              "train_records": hashlib.sha256("\n".join(r.id for r in train).encode()).hexdigest()[:16]}
+              "train_records": records_digest(train)}
     if is_model_dir(hf):
         built = json.loads(record.read_text()) if record.is_file() else {}
         differ = [f"{k}={built.get(k)!r} (now: {v!r})" for k, v in wanted.items() if built.get(k) != v]

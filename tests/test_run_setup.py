@@ -31,7 +31,7 @@ def test_a_warm_start_is_reused_only_with_the_settings_it_was_built_with(tmp_pat
     import json
     import shutil
 
-    from pipelines.run_setup import ensure_warmstart
+    from pipelines.run_setup import ensure_warmstart, records_digest
 
     cfg = _cfg(tmp_path, f"sft.warmstart_dir={tmp_path / 'warm'}")
     train, _ = ensure_data(cfg)
@@ -43,11 +43,12 @@ def test_a_warm_start_is_reused_only_with_the_settings_it_was_built_with(tmp_pat
     (tmp_path / "warm" / "warmstart.json").write_text(json.dumps(record))
     with pytest.raises(UserError, match=r"train_records=None"):
         ensure_warmstart(cfg, str(tiny_model_dir), train)
-    import hashlib
-
-    record["train_records"] = hashlib.sha256("\n".join(r.id for r in train).encode()).hexdigest()[:16]
+    record["train_records"] = records_digest(train)
     (tmp_path / "warm" / "warmstart.json").write_text(json.dumps(record))
     assert ensure_warmstart(cfg, str(tiny_model_dir), train) == str(tmp_path / "warm" / "hf")
     nothink = _cfg(tmp_path, f"sft.warmstart_dir={tmp_path / 'warm'}", "sft.prompt_style=nothink")
     with pytest.raises(UserError, match=r"prompt_style='think' \(now: 'nothink'\)"):
         ensure_warmstart(nothink, str(tiny_model_dir), train)
+    # the same record ids with canonical options are other training data
+    canon, _ = ensure_data(_cfg(tmp_path / "c", "data.synthetic.option_order=canonical"))
+    assert [r.id for r in canon] == [r.id for r in train] and records_digest(canon) != records_digest(train)
