@@ -143,7 +143,7 @@ class GRPOLearner:
         model.train()
 
         self.updates_per_batch = max(1, int(grpo_cfg.updates_per_batch))
-        self.mini_batches = max(1, int(grpo_cfg.get("mini_batches", 1)))
+        self.mini_batches = max(1, int(grpo_cfg.mini_batches))
         opt_steps = max(1, int(total_steps) * self.updates_per_batch * self.mini_batches)
         sched = lr_lambda(str(learner_cfg.lr_scheduler), opt_steps, float(learner_cfg.warmup_ratio))
         client_opt = not learner_cfg.offload_optimizer
@@ -221,9 +221,7 @@ class GRPOLearner:
             for c in chunks[bounds[j]:bounds[j + 1]]:
                 local[2 * j] += len(c)
                 local[2 * j + 1] += sum(len(s.completion_ids) for s in c)
-        counts = self._all_reduce(local)
-        if float(counts[0::2].sum()) == 0:
-            return {"skipped": 1.0, "num_samples": 0.0, "learner_time": time.perf_counter() - t0}
+        counts = self._all_reduce(local)  # every mini-batch holds samples: the longest rank fills each
         filler = samples[:1] or [self._dummy]
         # (samples, weight): weight = share of its mini-batch's global batch * world (DeepSpeed
         # averages over ranks), so each optimizer step follows exactly that mini-batch's loss.
@@ -253,8 +251,6 @@ class GRPOLearner:
         self.engine.train()
         for _ in range(self.updates_per_batch):
             for j in range(n_mini):
-                if float(counts[2 * j]) == 0:  # no rank has samples here: no step anywhere
-                    continue
                 for i in range(bounds[j], bounds[j + 1]):
                     b, (c, w) = batches[i], micro[i]
                     self.engine.set_gradient_accumulation_boundary(i == bounds[j + 1] - 1)
@@ -372,7 +368,7 @@ def _grpo_loss(logp, b, ref_logp, g, entropy):
     beta = float(g.beta)
     return grpo_loss(logp, b["old_logprobs"], b["advantages"], b["completion_mask"],
                      ref_logp if beta > 0 else None,
-                     beta=beta, kl_estimator=str(_val(g.kl_estimator)), kl_clamp=float(g.get("kl_clamp", 0.0)),
+                     beta=beta, kl_estimator=str(_val(g.kl_estimator)), kl_clamp=float(g.kl_clamp),
                      clip_low=float(g.clip_low),
                      clip_high=float(g.clip_high), loss_agg=str(_val(g.loss_agg)),
                      seq_sum_norm_constant=float(g.seq_sum_norm_constant), entropy=entropy)

@@ -21,7 +21,8 @@ def register(subparsers) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--per-cell", type=int, default=12, help="images per (modality, question type) cell (default 12)")
     s.add_argument("--option-order", choices=[o.value for o in OptionOrder], default=OptionOrder.shuffled.value,
-                   help="shuffled: answer at a balanced random letter (default); fixed: options in category order")
+                   help="shuffled: answer at a balanced random letter (default); fixed: options in category order; "
+                        "canonical: every class of the category, in order")
     s.add_argument("--image-size", type=int, default=112, help="image side in pixels (default 112)")
     s.add_argument("--test-fraction", type=float, default=0.2)
     s.add_argument("--preview", action="store_true", help="also write DIR/preview.png (a contact sheet)")

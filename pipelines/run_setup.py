@@ -73,10 +73,14 @@ def _check_synthetic_build(d: Path, wanted: dict) -> None:
     if manifest.get("builder") != "synthetic":
         return  # prepared by hand from another source: the user chose this directory
     built = {"option_order": "shuffled", **manifest}  # builds from before option_order existed were shuffled
-    differ = [f"{k}={built.get(k)!r} (config: {v!r})" for k, v in wanted.items() if built.get(k) != v]
+    _refuse_other_settings(f"{d} holds a synthetic benchmark", d, built, wanted, "config", "data.prepared_dir")
+
+
+def _refuse_other_settings(what: str, d: Path, built: dict, wanted: dict, now: str, key: str) -> None:
+    differ = [f"{k}={built.get(k)!r} ({now}: {v!r})" for k, v in wanted.items() if built.get(k) != v]
     if differ:
-        raise UserError(f"{d} holds a synthetic benchmark built with other settings: {', '.join(differ)}. "
-                        f"Delete {d} to rebuild it, or set data.prepared_dir to a new directory.")
+        raise UserError(f"{what} built with other settings: {', '.join(differ)}. "
+                        f"Delete {d} to rebuild it, or set {key} to a new directory.")
 
 
 def records_digest(records: list) -> str:
@@ -103,10 +107,7 @@ def ensure_warmstart(cfg, model_path: str, train: list) -> str:
               "train_records": records_digest(train)}
     if is_model_dir(hf):
         built = json.loads(record.read_text()) if record.is_file() else {}
-        differ = [f"{k}={built.get(k)!r} (now: {v!r})" for k, v in wanted.items() if built.get(k) != v]
-        if differ:
-            raise UserError(f"the format warm-start in {d} was built with other settings: {', '.join(differ)}. "
-                            f"Delete {d} to rebuild it, or set sft.warmstart_dir to a new directory.")
+        _refuse_other_settings(f"the format warm-start in {d} was", d, built, wanted, "now", "sft.warmstart_dir")
         return str(hf)
     from pipelines.sft import run_sft
 

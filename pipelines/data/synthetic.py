@@ -17,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 
+from pipelines.config import OptionOrder
 from pipelines.data.schema import LETTERS, MODALITIES, QUESTION_TYPES, VQARecord
 from pipelines.data.synthetic_draw import Scene, draw_ct, draw_mri, draw_oct, draw_ultrasound, draw_xray
 from pipelines.data.synthetic_draw_color import draw_dermoscopy, draw_fundus, draw_microscopy
@@ -200,7 +201,7 @@ def _png(img) -> bytes:
     return buf.getvalue()
 
 
-OPTION_ORDERS = ("shuffled", "fixed", "canonical")
+OPTION_ORDERS = tuple(o.value for o in OptionOrder)
 
 
 def build_cell(modality: str, qtype: str, n: int, seed: int, image_size: int,
