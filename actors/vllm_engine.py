@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 

@@ -24,7 +24,7 @@ def run_mode(config: str, overrides: list[str], steps: int, out: Path) -> list[d
     from tqdm import tqdm
 
     from pipelines.config import load_config
-    from pipelines.trainer import GRPOTrainer
+    from pipelines.training.grpo_loop import GRPOTrainer
 
     cfg = load_config(config, [*overrides, f"trainer.output_dir={out}", f"trainer.total_steps={steps}",
                                "logging.progress=false", "logging.tensorboard=false", "logging.traces=false"])

@@ -38,7 +38,7 @@ def bench_hf(model_dir: str, records, max_new_tokens: int, batch: int, threads: 
     from PIL import Image
     from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
 
-    from pipelines.evaluation import score_completion
+    from pipelines.evaluation.accuracy import score_completion
     from pipelines.prompts import build_messages
 
     torch.set_num_threads(threads)
@@ -74,9 +74,9 @@ def bench_vllm(model_dir: str, records, max_new_tokens: int, R: int) -> dict:
     import ray
     from transformers import AutoTokenizer
 
-    from actors.rollout_group import cpu_core_binding, create_rollout_workers, wait_ready
+    from actors.rollout import cpu_core_binding, create_rollout_workers, wait_ready
     from actors.vllm_engine import cpu_engine_env
-    from pipelines.evaluation import evaluate_records
+    from pipelines.evaluation.evaluate import evaluate_records
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     kwargs = dict(model_path=model_dir, max_model_len=1024, kv_cache_memory_bytes=128 << 20,
@@ -120,7 +120,7 @@ def main() -> None:
     import ray
 
     from pipelines.config import TinyModelConfig
-    from pipelines.tiny_model import build_tiny_model
+    from pipelines.models.tiny import build_tiny_model
     from omegaconf import OmegaConf
 
     cores = os.cpu_count() or 1

@@ -112,7 +112,7 @@ def main() -> int:
         model_dir = args.model
         if model_dir is None:
             from pipelines.config import TinyModelConfig
-            from pipelines.tiny_model import build_tiny_model
+            from pipelines.models.tiny import build_tiny_model
             from omegaconf import OmegaConf
 
             model_dir = str(Path(tmp) / "tiny")

@@ -50,7 +50,7 @@ def bench_size(name: str, dims: dict, args) -> dict:
     from actors.vllm_engine import RolloutEngine
     from pipelines.config import TinyModelConfig
     from pipelines.prompts import build_messages
-    from pipelines.tiny_model import build_tiny_model
+    from pipelines.models.tiny import build_tiny_model
 
     tiny = OmegaConf.structured(TinyModelConfig)
     for k, v in dims.items():

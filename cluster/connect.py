@@ -3,12 +3,20 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 from pathlib import Path
 from typing import Optional
 
+import ray
+
+from cluster.auth import setup_client_auth
+
 log = logging.getLogger(__name__)
+
+# The project root: a local cluster's workers import this project's packages from it.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 # Set by the Ray job manager for a submitted job's entrypoint: the job's runtime env.
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
@@ -29,13 +37,17 @@ def _submitted_job_runtime_env() -> Optional[dict]:
         return {}
 
 
-def _enable_token_auth_if_available() -> None:
-    """Ray 2.60 heads require a token; clients send it only with RAY_AUTH_MODE=token."""
-    if os.environ.get("RAY_AUTH_MODE") is not None:
-        return
-    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
-    if os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file():
-        os.environ["RAY_AUTH_MODE"] = "token"
+def is_local(address: Optional[str]) -> bool:
+    """True when ``connect(address)`` starts a local one-machine cluster (no address, not inside a job)."""
+    return address is None and not os.environ.get("RAY_ADDRESS")
+
+
+def local_cpu_count(wanted: float = 1.0) -> int:
+    """The CPUs a local cluster declares: every core, or as many as the resource plan asks for.
+
+    The phases of a synchronous GRPO step take turns on the cores, so a local run may
+    declare more logical CPUs than the machine has rather than refuse its own plan."""
+    return max(os.cpu_count() or 1, math.ceil(wanted))
 
 
 def _tcp_ok(host: str, port: int, timeout: float) -> Optional[OSError]:
@@ -71,9 +83,9 @@ def _check_tcp(target: str, timeout: float) -> None:
             f"--node-ip-address {host}, or use its node IP in the address")
 
 
-def connect(address: Optional[str] = None, *, num_cpus: Optional[int] = None, dashboard_host: str = "127.0.0.1",
-            env_vars: Optional[dict[str, str]] = None, working_dir_on_path: Optional[str] = None,
-            connect_timeout_s: float = 5.0) -> dict:
+def connect(address: Optional[str] = None, *, num_cpus: Optional[int] = None, wanted_cpus: float = 1.0,
+            dashboard_host: str = "127.0.0.1", env_vars: Optional[dict[str, str]] = None,
+            working_dir_on_path: Optional[str] = str(PROJECT_ROOT), connect_timeout_s: float = 5.0) -> dict:
     """Start or join Ray; returns {"address", "dashboard_url", "resources"}.
 
     Under ``ray job submit`` RAY_ADDRESS is set and the job joins its cluster;
@@ -84,9 +96,9 @@ def connect(address: Optional[str] = None, *, num_cpus: Optional[int] = None, da
     kept: Ray refuses a ``ray.init`` runtime env that sets the same env var
     again, so those keys are left to the job, and PYTHONPATH is not added when
     the job has a working dir (Ray already puts it on the workers' path).
-    """
-    import ray
 
+    A local cluster declares ``num_cpus`` if given, else ``local_cpu_count(wanted_cpus)``.
+    """
     env = {str(k): str(v) for k, v in (env_vars or {}).items()}
     job_env = _submitted_job_runtime_env()
     if working_dir_on_path and not (job_env and job_env.get("working_dir")):
@@ -104,8 +116,9 @@ def connect(address: Optional[str] = None, *, num_cpus: Optional[int] = None, da
         _check_tcp(str(address), connect_timeout_s)  # an unreachable address fails fast, connected or not
     if ray.is_initialized():
         pass  # already connected (a test session, or a caller that set Ray up itself)
-    elif address is None and not os.environ.get("RAY_ADDRESS"):
+    elif is_local(address):
         # address="local": always a fresh one-machine cluster, never one a `ray start` left running.
+        num_cpus = num_cpus if num_cpus is not None else local_cpu_count(wanted_cpus)
         try:
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host=dashboard_host,
                      runtime_env=runtime_env, log_to_driver=True)
@@ -116,7 +129,7 @@ def connect(address: Optional[str] = None, *, num_cpus: Optional[int] = None, da
                      log_to_driver=True)
     else:
         target = address or os.environ.get("RAY_ADDRESS")
-        _enable_token_auth_if_available()
+        setup_client_auth()
         if target not in ("auto", "local") and not str(target).startswith("ray://"):
             _check_tcp(str(target), connect_timeout_s)
         try:

@@ -123,7 +123,6 @@ def create_placement_groups(plan: ResourcePlan, timeout_s: float = 300.0) -> dic
 
     Returns {role: placement_group}; reward workers are small and scheduled freely.
     """
-    import ray
     from ray.util.placement_group import placement_group
 
     groups: dict[str, object] = {}

@@ -33,16 +33,25 @@ import enum
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
+from transformers import get_scheduler
 
-from learner.policy import (build_inputs, completion_logprobs, decode_image, exported_parameters, load_policy,
-                            load_processor, resolve_dtype, to_device)
+from learner.grpo import grpo_loss
+from learner.policy import (
+    build_inputs,
+    completion_logprobs,
+    decode_image,
+    exported_parameters,
+    load_policy,
+    load_processor,
+    resolve_dtype,
+    to_device,
+)
 from learner.samples import TrainSample, dummy_sample
 
 log = logging.getLogger(__name__)
@@ -54,24 +63,15 @@ def _val(x):
     return x.value if isinstance(x, enum.Enum) else x
 
 
-def lr_lambda(schedule: str, total_steps: int, warmup_ratio: float):
-    """Multiplier of the base lr at optimizer step s (LambdaLR convention)."""
+# Our schedule names -> transformers' (ours warm up whichever schedule follows, "constant" included).
+_SCHEDULERS = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}
+
+
+def build_scheduler(optimizer, schedule: str, total_steps: int, warmup_ratio: float):
+    """transformers' LR schedule over ``total_steps`` optimizer steps, warming up for ``warmup_ratio`` of them."""
     total = max(int(total_steps), 1)
-    warmup = int(math.ceil(warmup_ratio * total)) if warmup_ratio > 0 else 0
-    if schedule not in ("constant", "cosine", "linear"):
-        raise ValueError(f"lr_scheduler must be constant, cosine or linear (got {schedule!r})")
-
-    def fn(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / (warmup + 1)
-        if schedule == "constant":
-            return 1.0
-        progress = min(max(step - warmup, 0) / max(total - warmup, 1), 1.0)
-        if schedule == "linear":
-            return 1.0 - progress
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return fn
+    return get_scheduler(_SCHEDULERS[str(_val(schedule))], optimizer,
+                         num_warmup_steps=int(math.ceil(warmup_ratio * total)), num_training_steps=total)
 
 
 def build_ds_config(learner_cfg, *, world_size: int, samples_per_step_per_rank: int,
@@ -112,7 +112,6 @@ class GRPOLearner:
                  samples_per_step_per_rank: int, dtype: str = "float32", temperature: float = 1.0,
                  attn_implementation: str = "sdpa", seed: int = 0, objective: str = "grpo"):
         import deepspeed
-        from deepspeed.accelerator import get_accelerator
 
         self.cfg, self.grpo = learner_cfg, grpo_cfg
         if objective not in ("grpo", "sft"):
@@ -145,7 +144,6 @@ class GRPOLearner:
         self.updates_per_batch = max(1, int(grpo_cfg.updates_per_batch))
         self.mini_batches = max(1, int(grpo_cfg.mini_batches))
         opt_steps = max(1, int(total_steps) * self.updates_per_batch * self.mini_batches)
-        sched = lr_lambda(str(learner_cfg.lr_scheduler), opt_steps, float(learner_cfg.warmup_ratio))
         client_opt = not learner_cfg.offload_optimizer
         ds_config = build_ds_config(learner_cfg, world_size=self.world_size,
                                     samples_per_step_per_rank=samples_per_step_per_rank,
@@ -158,7 +156,8 @@ class GRPOLearner:
                                           eps=1e-8, weight_decay=float(learner_cfg.weight_decay))
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, config=ds_config,
-            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, sched),
+            lr_scheduler=lambda opt: build_scheduler(opt, learner_cfg.lr_scheduler, opt_steps,
+                                                     float(learner_cfg.warmup_ratio)),
             model_parameters=None if client_opt else [p for p in model.parameters() if p.requires_grad])
         self.device = self.engine.device
         self.compute_dtype = torch.bfloat16 if learner_cfg.bf16 else resolve_dtype(dtype)
@@ -303,7 +302,7 @@ class GRPOLearner:
                 t = p.detach().to("cpu").contiguous().clone() if self.rank == 0 else None
             yield name, ck, t
 
-    def push_state_dict(self) -> Optional[dict[str, torch.Tensor]]:
+    def gather_state_dict(self) -> Optional[dict[str, torch.Tensor]]:
         """Full weights under vLLM/checkpoint names on rank 0 (None elsewhere). All ranks must call."""
         out = {ck: t for _, ck, t in self._gathered_params()}
         return out if self.rank == 0 else None
@@ -313,7 +312,7 @@ class GRPOLearner:
         from safetensors.torch import save_file
 
         d = Path(directory)
-        sd = self.push_state_dict()
+        sd = self.gather_state_dict()
         if self.rank == 0:
             hf = d / "hf"
             hf.mkdir(parents=True, exist_ok=True)
@@ -358,13 +357,8 @@ class GRPOLearner:
             module.train(was_training)
         return out[0, enc["input_ids"].shape[1]:].tolist()
 
-    def get_lr(self) -> float:
-        return float(self.scheduler.get_last_lr()[0])
-
 
 def _grpo_loss(logp, b, ref_logp, g, entropy):
-    from learner.grpo import grpo_loss
-
     beta = float(g.beta)
     return grpo_loss(logp, b["old_logprobs"], b["advantages"], b["completion_mask"],
                      ref_logp if beta > 0 else None,

@@ -28,7 +28,7 @@ def tiny_dims(**overrides):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from pipelines.tiny_model import build_tiny_model
+    from pipelines.models.tiny import build_tiny_model
 
     out = tmp_path_factory.mktemp("tiny-qwen2vl")
     build_tiny_model(out, tiny_dims(), max_pixels=TEST_MAX_PIXELS)
@@ -49,7 +49,7 @@ def ray_session():
 @pytest.fixture(scope="session")
 def rollout_worker(ray_session, tiny_model_dir):
     """One rollout actor on the tiny model, shared by every test that needs vLLM."""
-    from actors.rollout_group import create_rollout_workers, wait_ready
+    from actors.rollout import create_rollout_workers, wait_ready
     from actors.vllm_engine import cpu_engine_env
 
     engine_kwargs = dict(model_path=str(tiny_model_dir), max_model_len=1024, kv_cache_memory_bytes=128 << 20,

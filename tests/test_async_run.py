@@ -37,10 +37,10 @@ def _batches(out):
 def test_async_run_resume_and_learner_failure(tmp_path, ray_session):
     import ray
 
-    from pipelines.data_cursor import DataCursor
+    from pipelines.data.cursor import DataCursor
     from pipelines.errors import RunStopped
-    from pipelines.train import run_training
-    from pipelines.trainer import GRPOTrainer
+    from pipelines.training.grpo_loop import run_training
+    from pipelines.training.grpo_loop import GRPOTrainer
 
     full = tmp_path / "full"
     cfg = _cfg(tmp_path, full)
@@ -54,7 +54,7 @@ def test_async_run_resume_and_learner_failure(tmp_path, ray_session):
     steps = _batches(full)
     # Step 0 samples with version 0; step 1 was sampled while step 0 trained (version 0); step 2 with version 1.
     assert [sorted({v for *_, v in steps[s]}) for s in (0, 1, 2)] == [[0], [0], [1]]
-    from pipelines.run_setup import ensure_data
+    from pipelines.training.run_setup import ensure_data
 
     train, _ = ensure_data(cfg)
     cursor = DataCursor(len(train), cfg.trainer.prompts_per_step, seed=cfg.data.seed, shuffle=cfg.data.shuffle)

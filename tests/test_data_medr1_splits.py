@@ -153,7 +153,7 @@ def test_malformed_json_names_file_and_position(tmp_path):
 
 
 def test_cli_medr1_splits(tmp_path):
-    from pipelines import prepare_data
+    from pipelines.cli import prepare_data
 
     _png(tmp_path / "img" / "ok.png")
     tr = _write(tmp_path, "US_train.json", [_item("ok.png"), _item("gone.png")])

@@ -122,7 +122,7 @@ def test_stratified_split_by_image(tmp_path):
 
 
 def test_cli_omnimedvqa(tmp_path):
-    from pipelines import prepare_data
+    from pipelines.cli import prepare_data
 
     root = _many(tmp_path, 10)
     parser = argparse.ArgumentParser(prog="medr1")

@@ -105,7 +105,7 @@ def test_letters_map_to_answers(default_build):
 
 
 def test_cli_synthetic_with_preview(tmp_path, capsys):
-    from pipelines import prepare_data
+    from pipelines.cli import prepare_data
 
     parser = argparse.ArgumentParser(prog="medr1")
     prepare_data.register(parser.add_subparsers(dest="command"))

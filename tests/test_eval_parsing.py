@@ -6,14 +6,8 @@ import math
 
 import pytest
 
-from pipelines.evaluation import (
-    accuracy_table,
-    contiguous_shards,
-    score_completion,
-    summarize,
-    wilson_interval,
-    worst_examples,
-)
+from actors.sharding import contiguous_shards
+from pipelines.evaluation.accuracy import accuracy_table, score_completion, summarize, wilson_interval, worst_examples
 from rewards.parse import extract_eval_answer, is_correct_eval
 
 

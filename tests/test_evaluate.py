@@ -22,7 +22,7 @@ def prepared_dir(tmp_path_factory):
 
 
 def test_cli_rejects_missing_model_and_data(tmp_path, prepared_dir, capsys):
-    from pipelines.cli import main
+    from pipelines.cli.main import main
 
     rc = main(["evaluate", "--model", str(tmp_path / "nope"), "--data", str(prepared_dir)])
     assert rc == 2 and "model directory not found" in capsys.readouterr().err
@@ -32,7 +32,7 @@ def test_cli_rejects_missing_model_and_data(tmp_path, prepared_dir, capsys):
 
 
 def test_cli_rejects_missing_data(tiny_model_dir, tmp_path, capsys):
-    from pipelines.cli import main
+    from pipelines.cli.main import main
 
     rc = main(["evaluate", "--model", str(tiny_model_dir), "--data", str(tmp_path / "nodata")])
     assert rc == 2 and "prepared dataset directory not found" in capsys.readouterr().err
@@ -40,7 +40,7 @@ def test_cli_rejects_missing_data(tiny_model_dir, tmp_path, capsys):
 
 def test_select_records_spreads_over_domains(prepared_dir):
     from pipelines.data.store import load_prepared
-    from pipelines.evaluate import select_records
+    from pipelines.evaluation.evaluate import select_records
 
     recs = load_prepared(prepared_dir, "test")
     some = select_records(recs, max_samples=8)
@@ -57,7 +57,8 @@ def test_evaluate_records_matches_traces(rollout_worker, tiny_model_dir, prepare
     from transformers import AutoTokenizer
 
     from pipelines.data.store import load_prepared
-    from pipelines.evaluation import accuracy_table, evaluate_records
+    from pipelines.evaluation.accuracy import accuracy_table
+    from pipelines.evaluation.evaluate import evaluate_records
     from pipelines.traces import TraceWriter, read_traces
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -106,9 +107,9 @@ def test_evaluate_records_matches_traces(rollout_worker, tiny_model_dir, prepare
 
 @pytest.mark.slow
 def test_evaluate_cli_writes_outputs(rollout_worker, tiny_model_dir, prepared_dir, tmp_path, capsys):
-    from pipelines.cli import build_parser
-    from pipelines.evaluate import run
-    from pipelines.evaluation import accuracy_table
+    from pipelines.cli.main import build_parser
+    from pipelines.cli.evaluate import run
+    from pipelines.evaluation.accuracy import accuracy_table
     from pipelines.traces import read_traces
 
     out = tmp_path / "eval-out"

@@ -22,7 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from cluster import jobs
+from cluster import auth, jobs, upload
+from cluster.errors import JobsError
+from pipelines import submission
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -45,15 +47,15 @@ def _free_ports(n: int) -> list[int]:
 def test_unreachable_address_is_a_clear_error():
     [port] = _free_ports(1)
     t0 = time.monotonic()
-    with pytest.raises(jobs.JobsError, match=rf"cannot reach the Ray cluster at http://127.0.0.1:{port}.*--address"):
+    with pytest.raises(JobsError, match=rf"cannot reach the Ray cluster at http://127.0.0.1:{port}.*--address"):
         jobs.check_address(f"127.0.0.1:{port}", timeout=2)
     assert time.monotonic() - t0 < 30  # seconds, not the minutes a retrying client would take
-    with pytest.raises(jobs.JobsError, match="Ray Client address"):
+    with pytest.raises(JobsError, match="Ray Client address"):
         jobs.normalize_address("ray://head:10001")
 
 
 def test_cli_unreachable_exits_2_with_one_line(capsys, tmp_path):
-    from pipelines.cli import main
+    from pipelines.cli.main import main
 
     [port] = _free_ports(1)
     rc = main(["submit", "configs/smoke.yaml", f"trainer.output_dir={tmp_path}/run", "--address",
@@ -71,22 +73,22 @@ def test_oversize_working_dir_is_refused_with_offenders(tmp_path):
     (tmp_path / ".venv").mkdir()
     (tmp_path / ".venv" / "huge.so").write_bytes(b"\0" * (8 << 20))  # excluded: does not count
     (tmp_path / "model.safetensors").write_bytes(b"\0" * (8 << 20))  # excluded
-    size = jobs.upload_size(tmp_path, jobs.DEFAULT_EXCLUDES)
+    size = upload.upload_size(tmp_path, upload.DEFAULT_EXCLUDES)
     assert 4 << 20 <= size.total_bytes < 5 << 20
-    with pytest.raises(jobs.JobsError) as e:
-        jobs.check_working_dir(tmp_path, jobs.DEFAULT_EXCLUDES, max_mib=2)
+    with pytest.raises(JobsError) as e:
+        upload.check_working_dir(tmp_path, upload.DEFAULT_EXCLUDES, max_mib=2)
     msg = str(e.value)
     assert "over the 2 MiB upload limit" in msg and "weights/big.npy" in msg and "weights/" in msg
     assert ".venv" not in msg and "safetensors" not in msg
-    jobs.check_working_dir(tmp_path, jobs.DEFAULT_EXCLUDES, max_mib=10)
+    upload.check_working_dir(tmp_path, upload.DEFAULT_EXCLUDES, max_mib=10)
 
 
 def test_relative_output_dir_is_refused_and_storage_path_rewrites_it(tmp_path):
-    with pytest.raises(jobs.JobsError, match="trainer.output_dir 'outputs/smoke/run' is relative.*--storage-path"):
-        jobs.prepare_submission("configs/smoke.yaml", [], working_dir=REPO)
-    with pytest.raises(jobs.JobsError, match="absolute"):
-        jobs.prepare_submission("configs/smoke.yaml", [], working_dir=REPO, storage_path="rel/dir")
-    sub = jobs.prepare_submission("smoke.yaml", ["rollout.num_workers=1"], working_dir=REPO,
+    with pytest.raises(JobsError, match="trainer.output_dir 'outputs/smoke/run' is relative.*--storage-path"):
+        submission.prepare_submission("configs/smoke.yaml", [], working_dir=REPO)
+    with pytest.raises(JobsError, match="absolute"):
+        submission.prepare_submission("configs/smoke.yaml", [], working_dir=REPO, storage_path="rel/dir")
+    sub = submission.prepare_submission("smoke.yaml", ["rollout.num_workers=1"], working_dir=REPO,
                                   storage_path=str(tmp_path))
     assert sub.cfg.trainer.output_dir == str(tmp_path / "run")
     assert sub.overrides[-1] == f"trainer.output_dir={tmp_path / 'run'}"
@@ -94,10 +96,10 @@ def test_relative_output_dir_is_refused_and_storage_path_rewrites_it(tmp_path):
 
 
 def test_submission_entrypoint_runtime_env_and_cli_parse(tmp_path):
-    from pipelines.cli import build_parser
+    from pipelines.cli.main import build_parser
 
     out = REPO / "outputs" / "abs-run"  # absolute but inside the uploaded tree: excluded from the upload
-    sub = jobs.prepare_submission("configs/smoke.yaml", ["rollout.num_workers=3", "trainer.total_steps=1",
+    sub = submission.prepare_submission("configs/smoke.yaml", ["rollout.num_workers=3", "trainer.total_steps=1",
                                                          f"trainer.output_dir={out}"], working_dir=REPO)
     argv = shlex.split(sub.entrypoint)
     assert argv[:4] == ["python", "-m", "pipelines.cli", "train"]
@@ -111,7 +113,7 @@ def test_submission_entrypoint_runtime_env_and_cli_parse(tmp_path):
     assert rt["env_vars"]["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0" and "PYTHONPATH" not in rt["env_vars"]
     assert "pip" not in rt and "uv" not in rt  # the cluster image has the stack unless --install
     assert sub.upload.mib < 20
-    gpu = jobs.build_runtime_env(REPO, gpu=True, install=True)
+    gpu = upload.build_runtime_env(REPO, gpu=True, install=True)
     assert not any(k.startswith("VLLM_CPU") for k in gpu["env_vars"])
     assert "vllm==0.32.0" in gpu["uv"]["packages"]
 
@@ -119,21 +121,21 @@ def test_submission_entrypoint_runtime_env_and_cli_parse(tmp_path):
 def test_config_outside_working_dir_is_refused(tmp_path):
     cfg = tmp_path / "mine.yaml"
     cfg.write_text("trainer: {total_steps: 1}\n")
-    with pytest.raises(jobs.JobsError, match="outside the working dir"):
-        jobs.prepare_submission(str(cfg), [f"trainer.output_dir={tmp_path}/o"], working_dir=REPO)
+    with pytest.raises(JobsError, match="outside the working dir"):
+        submission.prepare_submission(str(cfg), [f"trainer.output_dir={tmp_path}/o"], working_dir=REPO)
 
 
 def test_auth_mode_set_when_a_token_exists(tmp_path, monkeypatch):
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "none"))
-    assert jobs.setup_client_auth() is False and "RAY_AUTH_MODE" not in os.environ
+    assert auth.setup_client_auth() is False and "RAY_AUTH_MODE" not in os.environ
     (tmp_path / "tok").write_text("abc\n")
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "tok"))
-    assert jobs.setup_client_auth() is True and os.environ["RAY_AUTH_MODE"] == "token"
-    assert jobs.read_token() == "abc"
+    assert auth.setup_client_auth() is True and os.environ["RAY_AUTH_MODE"] == "token"
+    assert auth.read_token() == "abc"
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    assert jobs.setup_client_auth() is False
+    assert auth.setup_client_auth() is False
 
 
 # ---------------------------------------------------------------- slow: a real head
@@ -218,7 +220,7 @@ time.sleep(8)
 @pytest.mark.timeout(300)
 def test_job_submission_logs_and_driver_metrics_reach_prometheus(ray_head):
     """A trivial job through cluster.jobs (token auth), its logs, and RayMetrics from a job's driver."""
-    rt = jobs.build_runtime_env(REPO, env_vars={"PYTHONPATH": str(REPO)})
+    rt = upload.build_runtime_env(REPO, env_vars={"PYTHONPATH": str(REPO)})
     rt.pop("working_dir")  # a plain script: no upload needed
     rt.pop("excludes")
     rt["env_vars"]["PYTHONPATH"] = str(REPO)
@@ -238,7 +240,7 @@ def test_job_submission_logs_and_driver_metrics_reach_prometheus(ray_head):
 @pytest.mark.skipif(not (REPO / "pipelines" / "train.py").exists(), reason="pipelines/train.py not written yet")
 def test_medr1_submit_smoke_config(ray_head, tmp_path, capsys):
     """`medr1 submit configs/smoke.yaml trainer.output_dir=<abs>` runs GRPO as a job and writes its outputs."""
-    from pipelines.cli import main
+    from pipelines.cli.main import main
 
     out = tmp_path / "smoke-run"
     rc = main(["submit", "configs/smoke.yaml", f"trainer.output_dir={out}", "--address", ray_head["address"],

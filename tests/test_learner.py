@@ -20,7 +20,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from pipelines.tiny_model import build_tiny_model
+    from pipelines.models.tiny import build_tiny_model
 
     out = tmp_path_factory.mktemp("tiny-learner")
     build_tiny_model(out, tiny_dims(num_hidden_layers=2), max_pixels=TEST_MAX_PIXELS)
@@ -210,7 +210,7 @@ def test_train_step_changes_weights(learner):
 def test_push_state_dict_matches_checkpoint_names_and_model(learner, model_dir):
     from safetensors import safe_open
 
-    sd = learner.push_state_dict()
+    sd = learner.gather_state_dict()
     with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
         assert set(sd) == set(f.keys())
     module = learner.engine.module
@@ -281,7 +281,7 @@ def test_checkpoint_round_trip(learner, tmp_path):
     learner.train_step(samples)
     saved = weights(learner)
     steps = learner.optimizer_steps
-    lr_saved = learner.get_lr()
+    lr_saved = learner.scheduler.get_last_lr()[0]
     learner.save_checkpoint(str(tmp_path / "ckpt"), client_state={"cursor": 17, "weight_version": 3,
                                                                  "rng": [1, 2, 3]})
     with safe_open(str(tmp_path / "ckpt" / "hf" / "model.safetensors"), "pt") as f:
@@ -297,7 +297,7 @@ def test_checkpoint_round_trip(learner, tmp_path):
     client = learner.load_checkpoint(str(tmp_path / "ckpt"))
     assert client == {"cursor": 17, "weight_version": 3, "rng": [1, 2, 3]}
     assert learner.optimizer_steps == steps
-    assert learner.get_lr() == pytest.approx(lr_saved)
+    assert learner.scheduler.get_last_lr()[0] == pytest.approx(lr_saved)
     restored = weights(learner)
     assert all(torch.equal(restored[k], saved[k]) for k in saved)
     m_again = learner.train_step(samples)  # same optimizer moments -> same update
@@ -308,17 +308,24 @@ def test_checkpoint_round_trip(learner, tmp_path):
 
 
 def test_lr_schedules():
-    from learner.deepspeed_learner import lr_lambda
+    from learner.deepspeed_learner import build_scheduler
 
-    f = lr_lambda("cosine", 10, 0.2)
-    assert f(0) == pytest.approx(1 / 3) and f(1) == pytest.approx(2 / 3)
-    assert f(2) == pytest.approx(1.0) and f(10) == pytest.approx(0.0, abs=1e-9)
-    assert 0.0 < f(6) < 1.0
-    g = lr_lambda("linear", 10, 0.0)
-    assert g(0) == 1.0 and g(5) == pytest.approx(0.5)
-    assert lr_lambda("constant", 10, 0.0)(7) == 1.0
-    with pytest.raises(ValueError):
-        lr_lambda("step", 10, 0.0)
+    def lrs(schedule: str, total: int, warmup: float) -> list[float]:
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched, out = build_scheduler(opt, schedule, total, warmup), []
+        for _ in range(total + 1):
+            out.append(sched.get_last_lr()[0])
+            opt.step()
+            sched.step()
+        return out
+
+    f = lrs("cosine", 10, 0.2)  # 2 warm-up steps, then a half cosine to 0
+    assert f[0] == 0.0 and f[1] == pytest.approx(0.5) and f[2] == pytest.approx(1.0)
+    assert f[10] == pytest.approx(0.0, abs=1e-9) and 0.0 < f[6] < 1.0
+    g = lrs("linear", 10, 0.0)
+    assert g[0] == 1.0 and g[5] == pytest.approx(0.5)
+    assert lrs("constant", 10, 0.0) == [1.0] * 11
+    assert lrs("constant", 10, 0.2)[:3] == [0.0, 0.5, 1.0]  # our "constant" warms up too
 
 
 def test_ds_config_from_learner_cfg():

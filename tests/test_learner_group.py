@@ -16,7 +16,7 @@ N_SAMPLES = 8  # 2 prompts x 4 completions
 
 @pytest.fixture(scope="module")
 def group_model_dir(tmp_path_factory):
-    from pipelines.tiny_model import build_tiny_model
+    from pipelines.models.tiny import build_tiny_model
 
     out = tmp_path_factory.mktemp("tiny-learner-group")
     build_tiny_model(out, tiny_dims(num_hidden_layers=2), max_pixels=TEST_MAX_PIXELS)
@@ -31,7 +31,7 @@ def samples(group_model_dir):
 
 
 def _group(model_dir, world: int, stage: int, **kw):
-    from actors.learner_worker import LearnerGroup
+    from actors.learner import LearnerGroup
 
     lc, gc = make_cfgs(zero_stage=stage, lr=LR, beta=0.04, micro_batch_size=2, num_workers=world, **kw)
     lc.resources_per_worker.num_cpus = 1.0
@@ -43,9 +43,9 @@ def _group(model_dir, world: int, stage: int, **kw):
 def one_rank_step(ray_session, group_model_dir, samples):
     g = _group(group_model_dir, 1, 2)
     try:
-        before = g.push_state_dict()
+        before = g.gather_state_dict()
         metrics = g.train_step(samples, group_size=4)
-        after = g.push_state_dict()
+        after = g.gather_state_dict()
     finally:
         g.shutdown()
     return before, metrics, after
@@ -60,11 +60,11 @@ def test_two_ranks_match_one_rank(ray_session, group_model_dir, samples, one_ran
     ref_before, ref_metrics, ref_after = one_rank_step
     g = _group(group_model_dir, 2, stage)
     try:
-        before = g.push_state_dict()
+        before = g.gather_state_dict()
         assert set(before) == set(ref_before)
         assert _max_diff(before, ref_before) == 0.0
         metrics = g.train_step(samples, group_size=4)
-        after = g.push_state_dict()
+        after = g.gather_state_dict()
         assert metrics["num_samples"] == N_SAMPLES
         assert metrics["num_tokens"] == ref_metrics["num_tokens"]
         assert metrics["loss"] == pytest.approx(ref_metrics["loss"], abs=1e-5)

@@ -18,7 +18,7 @@ def load(name: str) -> dict:
 
 
 def _plan(cfg):
-    from pipelines.run_setup import resource_plan
+    from pipelines.launch import resource_plan
 
     return resource_plan(cfg)
 
@@ -43,7 +43,7 @@ def test_manifests_parse():
 
 
 def test_rayjob_entrypoint_is_a_valid_medr1_train_command():
-    from pipelines.cli import build_parser
+    from pipelines.cli.main import build_parser
 
     job, argv, cfg = _rayjob_cfg()
     args = build_parser().parse_args(argv[3:])

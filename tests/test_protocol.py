@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import protocol as P
+from pipelines.protocol import matrix as M
+from pipelines.protocol import run as P
 from pipelines.data.schema import MODALITIES, QUESTION_TYPES
 
 
 def _fake_eval_factory(calls: list, dim: str, domains: list[str], per_domain: int = 10):
     """eval_fn writing real trace rows: a row trained on X answers X's test prompts better."""
-    from pipelines.evaluation import summarize
+    from pipelines.evaluation.accuracy import summarize
     from pipelines.traces import TraceWriter
 
     def fake_eval(model, cfg_dict, out: Path, row: str, workers, max_samples):
@@ -45,7 +46,7 @@ def _fake_train_factory(calls: list, kind: str):
         assert len(dom) == 1
         assert (cfg_dict["data"]["modalities"] == []) == (kind == "cross-task")
         out = Path(cfg_dict["trainer"]["output_dir"])
-        assert out.parent.name == "runs" and out.name == P.slug(dom[0])
+        assert out.parent.name == "runs" and out.name == M.slug(dom[0])
         calls.append((dom[0], cfg_dict["trainer"]["total_steps"]))
         return {"final_model": str(out / "checkpoints" / "final" / "hf"), "total_steps": cfg_dict["trainer"]["total_steps"]}
 
@@ -78,13 +79,13 @@ def test_report_and_figures_from_synthetic_matrix(tmp_path):
         for ci, c in enumerate(cols):
             n, k = 20, 4 + 3 * ri + ci + (6 if r == c else 0)
             cells[r][c] = {"accuracy": k / n, "n": n, "correct": k, "ci95": [0.0, 1.0]}
-    m = P.build_matrix("cross-modality", rows, cols, cells)
+    m = M.build_matrix("cross-modality", rows, cols, cells)
     assert m["improvement"]["CT"]["CT"] == pytest.approx((4 + 6 + 6) / 20 - 4 / 20)
     assert "base" not in m["improvement"]
     assert m["summary"]["CT"]["in_domain"] == pytest.approx(16 / 20)
     assert m["summary"]["CT"]["out_of_domain_mean"] == pytest.approx((11 / 20 + 12 / 20) / 2)
     assert m["summary"]["base"]["overall"] == pytest.approx((4 + 5 + 6) / 60)
-    paths = P.write_outputs(tmp_path, m, {"kind": "cross-modality"})
+    paths = M.write_outputs(tmp_path, m, {"kind": "cross-modality"})
     for name in ("matrix.json", "matrix.csv", "report.md", "heatmap_accuracy.png", "heatmap_improvement.png",
                  "bars_by_domain.png"):
         assert paths[name].is_file() and paths[name].stat().st_size > 100, name
@@ -102,8 +103,8 @@ def test_report_and_figures_from_synthetic_matrix(tmp_path):
 
 @pytest.mark.parametrize("kind", ["cross-modality", "cross-task"])
 def test_protocol_cells_rerun_and_trace_recompute(tmp_path, kind):
-    dim = P.KINDS[kind]
-    all_d = P.all_domains(kind)
+    dim = M.KINDS[kind]
+    all_d = M.all_domains(kind)
     domains = all_d[:3]
     train_calls, eval_calls = [], []
     fake_train = _fake_train_factory(train_calls, kind)
@@ -116,7 +117,7 @@ def test_protocol_cells_rerun_and_trace_recompute(tmp_path, kind):
     assert eval_calls == ["base", "sft"] + domains
     assert m["rows"] == ["base", "sft"] + domains and m["cols"] == all_d
     for r in m["rows"]:
-        assert (P.cell_path(tmp_path / "proto", r) / "cell.json").is_file()
+        assert (M.cell_path(tmp_path / "proto", r) / "cell.json").is_file()
     d0 = domains[0]
     assert m["accuracy"][d0][d0] == pytest.approx(0.8) and m["accuracy"]["base"][d0] == pytest.approx(0.3)
     assert m["improvement"][d0][d0] == pytest.approx(0.5)
@@ -126,7 +127,7 @@ def test_protocol_cells_rerun_and_trace_recompute(tmp_path, kind):
 
     # the report's numbers are the traces' numbers
     saved = json.loads((tmp_path / "proto" / "matrix.json").read_text())
-    again = P.recompute_from_traces(tmp_path / "proto")
+    again = M.recompute_from_traces(tmp_path / "proto")
     for key in ("rows", "cols", "accuracy", "n", "correct", "improvement", "summary"):
         assert again[key] == saved[key], key
 
@@ -137,7 +138,7 @@ def test_protocol_cells_rerun_and_trace_recompute(tmp_path, kind):
     assert m2["accuracy"] == m["accuracy"]
 
     # a lost cell is recomputed alone
-    (P.cell_path(tmp_path / "proto", domains[1]) / "cell.json").unlink()
+    (M.cell_path(tmp_path / "proto", domains[1]) / "cell.json").unlink()
     P.run_protocol(_cfg(), kind, **kw)
     assert [d for d, _ in train_calls] == [domains[1]] and eval_calls == [domains[1]]
 
@@ -150,12 +151,12 @@ def test_failed_cell_leaves_no_cell_json(tmp_path):
         P.run_protocol(_cfg(), "cross-task", protocol_dir=tmp_path / "p", domains=["lesion grading"],
                        sequential=True, train_fn=boom,
                        eval_fn=_fake_eval_factory([], "question_type", list(QUESTION_TYPES)))
-    assert (P.cell_path(tmp_path / "p", "base") / "cell.json").is_file()
-    assert not (P.cell_path(tmp_path / "p", "lesion grading") / "cell.json").exists()
+    assert (M.cell_path(tmp_path / "p", "base") / "cell.json").is_file()
+    assert not (M.cell_path(tmp_path / "p", "lesion grading") / "cell.json").exists()
 
 
 def test_cli_rejects_bad_arguments(tmp_path, capsys):
-    from pipelines.cli import main
+    from pipelines.cli.main import main
 
     rc = main(["protocol", "cross-modality", "smoke", "--domains", "CT,PET", "--out", str(tmp_path)])
     assert rc == 2 and "unknown modality 'PET'" in capsys.readouterr().err
@@ -165,7 +166,7 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys):
 
 
 def test_empty_matrix_still_writes_a_report(tmp_path):
-    paths = P.write_outputs(tmp_path, P.build_matrix("cross-task", [], [], {}))
+    paths = M.write_outputs(tmp_path, M.build_matrix("cross-task", [], [], {}))
     assert "No finished rows" in paths["report.md"].read_text() and paths["matrix.json"].is_file()
 
 @pytest.mark.slow
@@ -183,11 +184,11 @@ def test_reduced_protocol_end_to_end(ray_session, tiny_model_dir, tmp_path):
                        eval_workers=1, eval_max_samples=16)
     assert m["rows"] == ["base", "CT"], "a cell failed: see the log"
     assert len(m["cols"]) == 8 and sum(m["n"]["CT"].values()) == 16
-    assert (P.cell_path(proto, "CT") / "checkpoints" / "final" / "hf" / "config.json").is_file()
-    cell = json.loads((P.cell_path(proto, "CT") / "cell.json").read_text())
+    assert (M.cell_path(proto, "CT") / "checkpoints" / "final" / "hf" / "config.json").is_file()
+    cell = json.loads((M.cell_path(proto, "CT") / "cell.json").read_text())
     assert cell["train"]["total_steps"] == 1
     saved = json.loads((proto / "matrix.json").read_text())
-    again = P.recompute_from_traces(proto)
+    again = M.recompute_from_traces(proto)
     assert again["accuracy"] == saved["accuracy"] and again["n"] == saved["n"]
     for name in ("report.md", "matrix.csv", "heatmap_accuracy.png", "heatmap_improvement.png", "bars_by_domain.png"):
         assert (proto / name).is_file(), name

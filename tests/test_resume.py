@@ -22,7 +22,7 @@ def test_resume_reaches_the_same_weights(tmp_path, ray_session):
     from safetensors.torch import load_file
 
     from pipelines.traces import read_traces
-    from pipelines.train import run_training
+    from pipelines.training.grpo_loop import run_training
 
     full = tmp_path / "full"
     run_training(_cfg(tmp_path, full))

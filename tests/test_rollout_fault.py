@@ -17,10 +17,10 @@ def test_killed_rollout_actor_is_restarted_and_its_prompts_reissued(tiny_model_d
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
-    from actors.rollout_group import create_rollout_workers, wait_ready
+    from actors.rollout import create_rollout_workers, wait_ready
     from actors.vllm_engine import cpu_engine_env
     from pipelines.prompts import build_messages
-    from pipelines.rollout import RolloutPool
+    from actors.rollout import RolloutPool
     from tests.conftest import REPO, TEST_MAX_PIXELS
     from tests.test_weight_push import _png
 

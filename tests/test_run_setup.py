@@ -3,7 +3,7 @@ import pytest
 
 from pipelines.config import load_config
 from pipelines.errors import UserError
-from pipelines.run_setup import ensure_data
+from pipelines.training.run_setup import ensure_data
 
 
 def _cfg(tmp_path, *overrides):
@@ -31,7 +31,7 @@ def test_a_warm_start_is_reused_only_with_the_settings_it_was_built_with(tmp_pat
     import json
     import shutil
 
-    from pipelines.run_setup import ensure_warmstart, records_digest
+    from pipelines.training.run_setup import ensure_warmstart, records_digest
 
     cfg = _cfg(tmp_path, f"sft.warmstart_dir={tmp_path / 'warm'}")
     train, _ = ensure_data(cfg)

@@ -59,7 +59,7 @@ def test_chat_template_round_trips_prompt(tiny_model_dir):
 
 
 def test_build_is_deterministic_for_a_seed(tmp_path):
-    from pipelines.tiny_model import build_tiny_model
+    from pipelines.models.tiny import build_tiny_model
 
     small = dict(num_hidden_layers=1, vision_depth=1)
     digests = []
@@ -73,7 +73,7 @@ def test_build_is_deterministic_for_a_seed(tmp_path):
 
 
 def test_head_dim_must_be_64(tmp_path):
-    from pipelines.tiny_model import build_tiny_model
+    from pipelines.models.tiny import build_tiny_model
 
     with pytest.raises(ValueError, match="head_dim"):
         build_tiny_model(tmp_path, tiny_dims(num_attention_heads=8), max_pixels=TEST_MAX_PIXELS)

@@ -15,9 +15,9 @@ def test_smoke_run(tmp_path, ray_session):
     import pyarrow.parquet as pq
 
     from pipelines.config import load_config
-    from pipelines.tiny_model import is_model_dir
+    from pipelines.models.tiny import is_model_dir
     from pipelines.traces import read_traces
-    from pipelines.train import run_training
+    from pipelines.training.grpo_loop import run_training
 
     out = tmp_path / "run"
     cfg = load_config("smoke.yaml", [f"trainer.output_dir={out}", f"model.path={tmp_path / 'model'}",

@@ -24,7 +24,7 @@ def test_push_makes_vllm_match_learner(tiny_model_dir, rollout_worker, ray_sessi
     from omegaconf import OmegaConf
     from transformers import AutoTokenizer
 
-    from actors.learner_worker import LearnerGroup
+    from actors.learner import LearnerGroup
     from actors.weight_sync import make_weight_sync
     from learner.samples import TrainSample
     from pipelines.config import MedR1Config

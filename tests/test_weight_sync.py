@@ -8,7 +8,7 @@ def test_nccl_buckets_cover_checkpoint_names_within_size(tiny_model_dir):
     from safetensors import safe_open
     from transformers import Qwen2VLForConditionalGeneration
 
-    from actors.nccl_weight_sender import NCCLWeightSender
+    from actors.weight_sync import NCCLWeightSender
 
     model = Qwen2VLForConditionalGeneration.from_pretrained(tiny_model_dir)
     limit = 1 << 20

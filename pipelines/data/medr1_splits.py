@@ -14,9 +14,18 @@ import logging
 import re
 from pathlib import Path
 
-from pipelines.data.schema import (LETTERS, UNKNOWN, VQARecord, check_on_bad_record, handle_bad_record,
-                                   normalize_modality, normalize_question_type, try_normalize_modality,
-                                   try_normalize_question_type)
+from pipelines.data.schema import (
+    LETTERS,
+    UNKNOWN,
+    VQARecord,
+    check_on_bad_record,
+    handle_bad_record,
+    normalize_modality,
+    normalize_question_type,
+    try_normalize_modality,
+    try_normalize_question_type,
+)
+from pipelines.data.store import to_png_bytes, write_prepared
 from pipelines.errors import BadRecordError, UserError
 
 log = logging.getLogger(__name__)
@@ -134,8 +143,6 @@ def load_medr1_file(path: str | Path, image_root: str | Path | None = None, *, m
     """Records of one Med-R1 split file. Images are read from ``image_root/<image>`` and
     embedded as PNG bytes; with ``allow_missing_images`` a missing image leaves
     ``image=b""`` (path kept) and its id is appended to ``missing``."""
-    from pipelines.data.store import to_png_bytes
-
     path = Path(path)
     check_on_bad_record(on_bad_record)
     try:
@@ -201,8 +208,6 @@ def prepare_medr1_splits(files: list[str], out_dir: str, image_root: str | None 
                          allow_missing_images: bool = False, command: str = "") -> dict:
     """Load each file into its split (explicit ``split``, else the file's _train/_test
     suffix, else 'test') and write the prepared dataset. Returns the manifest."""
-    from pipelines.data.store import write_prepared
-
     if image_root is None and not allow_missing_images:
         raise UserError("give --image-root (where the images are) or --allow-missing-images")
     if image_root is not None and not Path(image_root).is_dir():

@@ -14,8 +14,17 @@ from collections import OrderedDict, defaultdict
 from pathlib import Path
 
 from pipelines.data.medr1_splits import read_json_list
-from pipelines.data.schema import (LETTERS, MAX_OPTIONS, VQARecord, check_on_bad_record, handle_bad_record,
-                                   try_normalize_modality, try_normalize_question_type)
+from pipelines.data.preview import write_preview
+from pipelines.data.schema import (
+    LETTERS,
+    MAX_OPTIONS,
+    VQARecord,
+    check_on_bad_record,
+    handle_bad_record,
+    try_normalize_modality,
+    try_normalize_question_type,
+)
+from pipelines.data.store import to_png_bytes, write_prepared
 from pipelines.errors import BadRecordError, UserError
 
 log = logging.getLogger(__name__)
@@ -39,8 +48,6 @@ def qa_files(root: str | Path) -> list[Path]:
 
 
 def _record(raw, root: Path, file: Path, i: int, images: OrderedDict) -> VQARecord:
-    from pipelines.data.store import to_png_bytes
-
     src = str(file)
     if not isinstance(raw, dict):
         raise BadRecordError(src, i, f"expected an object, got {type(raw).__name__}")
@@ -135,8 +142,6 @@ def split_records(records: list[VQARecord], seed: int = 0, test_fraction: float 
 def prepare_omnimedvqa(root: str, out_dir: str, *, split_by: str | None = None, seed: int = 0,
                        test_fraction: float = 0.2, on_bad_record: str = "error", preview: bool = False,
                        command: str = "") -> dict:
-    from pipelines.data.store import write_prepared
-
     skipped: list[dict] = []
     records = load_omnimedvqa(root, on_bad_record=on_bad_record, skipped=skipped)
     if not records:
@@ -146,7 +151,5 @@ def prepare_omnimedvqa(root: str, out_dir: str, *, split_by: str | None = None, 
              "test_fraction": test_fraction, "split_by": split_by, "per_domain": strata, "skipped": skipped}
     manifest = write_prepared(out_dir, splits, extra)
     if preview:
-        from pipelines.data.preview import write_preview
-
         write_preview(records, str(Path(out_dir) / "preview.png"))
     return manifest

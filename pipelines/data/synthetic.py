@@ -18,7 +18,9 @@ from typing import Callable
 import numpy as np
 
 from pipelines.config import OptionOrder
+from pipelines.data.preview import write_preview
 from pipelines.data.schema import LETTERS, MODALITIES, QUESTION_TYPES, VQARecord
+from pipelines.data.store import write_prepared
 from pipelines.data.synthetic_draw import Scene, draw_ct, draw_mri, draw_oct, draw_ultrasound, draw_xray
 from pipelines.data.synthetic_draw_color import draw_dermoscopy, draw_fundus, draw_microscopy
 
@@ -275,8 +277,6 @@ def build_synthetic(seed: int = 0, per_cell: int = 12, image_size: int = 112,
 def prepare_synthetic(out_dir: str, seed: int = 0, per_cell: int = 12, image_size: int = 112,
                       test_fraction: float = 0.2, preview: bool = False, command: str = "",
                       option_order: str = "shuffled") -> dict:
-    from pipelines.data.store import write_prepared
-
     t0 = time.perf_counter()
     splits = build_synthetic(seed=seed, per_cell=per_cell, image_size=image_size, test_fraction=test_fraction,
                              option_order=option_order)
@@ -286,7 +286,5 @@ def prepare_synthetic(out_dir: str, seed: int = 0, per_cell: int = 12, image_siz
              "build_seconds": round(time.perf_counter() - t0, 2)}
     manifest = write_prepared(out_dir, splits, extra)
     if preview:
-        from pipelines.data.preview import write_preview
-
         write_preview(splits["train"] + splits["test"], f"{out_dir}/preview.png")
     return manifest

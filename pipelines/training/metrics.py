@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
+from cluster.metrics import RayMetrics
+
 log = logging.getLogger(__name__)
 
 
@@ -26,8 +28,6 @@ class MetricsLog:
         self._ray = None
         if ray_metrics:
             try:
-                from cluster.metrics import RayMetrics
-
                 self._ray = RayMetrics(run=run)
             except Exception as e:
                 log.warning("Ray dashboard metrics disabled: %s", e)

@@ -1,15 +1,21 @@
 """Ray shell around ``learner.deepspeed_learner.GRPOLearner``: one actor per DeepSpeed rank.
 
 ``LearnerGroup`` (driver side, not an actor) starts the ranks, wires torch.distributed
-(rank 0 picks MASTER_ADDR/PORT), shards each batch across ranks and averages metrics.
+(rank 0 picks MASTER_ADDR/PORT), shards each batch across ranks and merges metrics.
+Everything else goes through two generic calls: ``call_all`` (every rank, e.g. a
+checkpoint: ZeRO saves and loads collectively) and ``call_rank0`` (the NCCL sender).
 """
 from __future__ import annotations
 
 import os
-import socket
 from typing import Any, Optional, Sequence
 
 import ray
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from actors.sharding import contiguous_shards
+from actors.weight_sync import NCCLWeightSender
+from cluster.ray_utils import free_address, kill_quietly
 
 
 @ray.remote
@@ -25,14 +31,13 @@ class LearnerWorker:
     def node_ip(self) -> str:
         return ray.util.get_node_ip_address()
 
-    def get_master_addr_port(self) -> tuple[str, int]:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("", 0))
-            port = s.getsockname()[1]
-        return ray.util.get_node_ip_address(), port
+    def free_address(self) -> tuple[str, int]:
+        """This node's IP and a free port on it (rank 0's is the process group's master address)."""
+        return free_address()
 
     def setup(self, env: dict[str, str], model_path: str, learner_cfg, grpo_cfg, kwargs: dict) -> bool:
         os.environ.update({k: str(v) for k, v in env.items()})
+        # Imported here, after the rank's env is set: DeepSpeed reads it on import.
         from learner.deepspeed_learner import GRPOLearner
 
         self.learner = GRPOLearner(model_path, learner_cfg, grpo_cfg, **kwargs)
@@ -41,8 +46,8 @@ class LearnerWorker:
     def train_step(self, samples) -> dict[str, float]:
         return self.learner.train_step(samples)
 
-    def push_state_dict(self):
-        return self.learner.push_state_dict()
+    def gather_state_dict(self):
+        return self.learner.gather_state_dict()
 
     def save_checkpoint(self, directory: str, client_state: Optional[dict] = None) -> str:
         return self.learner.save_checkpoint(directory, client_state)
@@ -53,45 +58,16 @@ class LearnerWorker:
     def greedy_generate(self, prompt_text: str, image_png: bytes, max_new_tokens: int) -> list[int]:
         return self.learner.greedy_generate(prompt_text, image_png, max_new_tokens)
 
-    def get_lr(self) -> float:
-        return self.learner.get_lr()
-
-    # NCCL weight push (GPU; rank 0 only). See actors/nccl_weight_sender.py.
-    def weight_group_address(self) -> tuple[str, int]:
-        from actors.nccl_weight_sender import free_address
-
-        return free_address()
-
+    # NCCL weight push (GPU; rank 0 only): the sending half lives in actors/weight_sync.py.
     def init_weight_group(self, master_address: str, master_port: int, world_size: int) -> None:
-        from actors.nccl_weight_sender import NCCLWeightSender
-
         self._sender = NCCLWeightSender(master_address, master_port, world_size)
 
     def weight_buckets(self, bucket_bytes: int) -> list:
-        from actors.nccl_weight_sender import NCCLWeightSender
-
         self._buckets = NCCLWeightSender.bucket_specs(self.learner.engine.module, bucket_bytes)
         return self._buckets
 
     def broadcast_bucket(self, index: int) -> int:
         return self._sender.broadcast(self.learner.engine.module, self._buckets[index])
-
-
-def shard(n: int, world: int, group_size: Optional[int] = None) -> list[tuple[int, int]]:
-    """Contiguous [start, end) chunks of n items over `world` ranks, as even as possible.
-
-    With ``group_size`` dividing n, whole groups are distributed (rank sizes differ by at most
-    one group); otherwise items are split evenly. Some ranks may get nothing when n < world.
-    """
-    unit = group_size if group_size and group_size > 0 and n % group_size == 0 and n // group_size >= world else 1
-    units = n // unit
-    base, extra = divmod(units, world)
-    out, start = [], 0
-    for r in range(world):
-        size = (base + (1 if r < extra else 0)) * unit
-        out.append((start, start + size))
-        start += size
-    return out
 
 
 _SUMMED = {"num_tokens", "num_samples"}
@@ -123,8 +99,6 @@ class LearnerGroup:
                  bundle_indices: Optional[Sequence[int]] = None, name_prefix: str = "learner",
                  env: Optional[dict[str, str]] = None, learner_kwargs: Optional[dict[str, Any]] = None,
                  ready_timeout_s: float = 900.0):
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
         self.world_size = int(num_workers if num_workers is not None else learner_cfg.num_workers)
         res = resources if resources is not None else learner_cfg.resources_per_worker
         num_cpus = float(getattr(res, "num_cpus", 1.0))
@@ -150,7 +124,7 @@ class LearnerGroup:
                                f"each needs CPU={num_cpus} GPU={num_gpus} {custom or ''} (in its placement-group "
                                f"bundle when given); see `ray status`") from None
 
-        addr, port = ray.get(self.workers[0].get_master_addr_port.remote())
+        addr, port = self.call_rank0("free_address")
         ips = ray.get([w.node_ip.remote() for w in self.workers])
         seen: dict[str, int] = {}
         per_rank_samples = -(-int(samples_per_step) // self.world_size)
@@ -168,49 +142,32 @@ class LearnerGroup:
         ray.get(setups)
 
     # ------------------------------------------------------------------
-    def _all(self, method: str, *args):
+    def call_all(self, method: str, *args) -> list:
+        """Call ``method`` on every rank and wait; one result per rank."""
         return ray.get([getattr(w, method).remote(*args) for w in self.workers])
+
+    def call_rank0(self, method: str, *args, wait: bool = True):
+        """Call ``method`` on rank 0 alone; ``wait=False`` returns the ObjectRef."""
+        ref = getattr(self.workers[0], method).remote(*args)
+        return ray.get(ref) if wait else ref
 
     def train_step(self, samples: Sequence, group_size: Optional[int] = None) -> dict[str, float]:
         samples = list(samples)
-        chunks = shard(len(samples), self.world_size, group_size)
+        chunks = contiguous_shards(len(samples), self.world_size, unit=group_size or 1, keep_empty=True)
         refs = [w.train_step.remote(samples[a:b]) for w, (a, b) in zip(self.workers, chunks)]
         return merge_metrics(ray.get(refs))
 
-    def push_state_dict(self, as_ref: bool = False):
-        """All ranks gather (collective under ZeRO-3); returns rank 0's dict (or its ObjectRef)."""
-        refs = [w.push_state_dict.remote() for w in self.workers]
+    def gather_state_dict(self, as_ref: bool = False):
+        """All ranks gather (collective under ZeRO-3); returns rank 0's full dict (or its ObjectRef)."""
+        refs = [w.gather_state_dict.remote() for w in self.workers]
         ray.get(refs[1:])
         return refs[0] if as_ref else ray.get(refs[0])
 
-    def save_checkpoint(self, directory: str, client_state: Optional[dict] = None) -> str:
-        return self._all("save_checkpoint", str(directory), client_state)[0]
-
-    def load_checkpoint(self, directory: str) -> dict:
-        return self._all("load_checkpoint", str(directory))[0]
-
     def greedy_generate(self, prompt_text: str, image_png: bytes, max_new_tokens: int) -> list[int]:
         if self.zero_stage == 3 and self.world_size > 1:  # partitioned weights: every rank takes part
-            return self._all("greedy_generate", prompt_text, image_png, max_new_tokens)[0]
-        return ray.get(self.workers[0].greedy_generate.remote(prompt_text, image_png, max_new_tokens))
-
-    # NCCL weight push: learner rank 0 is the sender (see actors/weight_sync.NCCLWeightSync).
-    def weight_group_address(self) -> tuple[str, int]:
-        return ray.get(self.workers[0].weight_group_address.remote())
-
-    def init_weight_group(self, master_address: str, master_port: int, world_size: int):
-        return self.workers[0].init_weight_group.remote(master_address, master_port, world_size)
-
-    def weight_buckets(self, bucket_bytes: int) -> list:
-        return ray.get(self.workers[0].weight_buckets.remote(bucket_bytes))
-
-    def broadcast_bucket(self, index: int):
-        return self.workers[0].broadcast_bucket.remote(index)
+            return self.call_all("greedy_generate", prompt_text, image_png, max_new_tokens)[0]
+        return self.call_rank0("greedy_generate", prompt_text, image_png, max_new_tokens)
 
     def shutdown(self) -> None:
-        for w in self.workers:
-            try:
-                ray.kill(w)
-            except Exception:
-                pass
+        kill_quietly(self.workers)
         self.workers = []

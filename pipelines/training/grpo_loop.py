@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import time
 from collections import deque
@@ -23,11 +22,16 @@ from typing import Any, Optional
 
 import ray
 
-from pipelines.data_cursor import DataCursor
+from learner.grpo import compute_advantages, dead_group_mask
+from learner.samples import TrainSample
+from pipelines.data.cursor import DataCursor
 from pipelines.errors import RunStopped
-from pipelines.metrics_log import MetricsLog, plot_reward_curve
-from pipelines.run_setup import RunContext, start_run
+from pipelines.evaluation.accuracy import FORMAT_REWARD
+from pipelines.evaluation.evaluate import evaluate_records, select_records
 from pipelines.traces import TraceWriter
+from pipelines.training.metrics import MetricsLog, plot_reward_curve
+from pipelines.training.run_setup import RunContext, start_run
+from rewards import get_reward
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +117,6 @@ class GRPOTrainer:
 
     def train_step(self) -> dict:
         import torch
-
-        from learner.grpo import compute_advantages, dead_group_mask
-        from learner.samples import TrainSample
-        from pipelines.evaluation import FORMAT_REWARD
-        from rewards import get_reward
 
         c, ctx = self.cfg, self.ctx
         G = c.rollout.group_size
@@ -254,9 +253,6 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ eval / checkpoints
     def evaluate(self, tag: str) -> dict:
-        from pipelines.evaluate import select_records
-        from pipelines.evaluation import evaluate_records
-
         c, ctx = self.cfg, self.ctx
         records = select_records(ctx.test, c.eval.max_samples)  # spread over cells, as `medr1 evaluate` does
         res = evaluate_records(ctx.rollout.workers, records, tokenizer=ctx.tokenizer,
@@ -277,12 +273,12 @@ class GRPOTrainer:
         cursor = self._inflight[0].cursor_before if self._inflight else self.cursor.to_dict()
         state = {"step": self.step, "weight_version": self.weight_version, "cursor": cursor,
                  "python_random": repr(random.getstate()), "config": str(self.cfg.trainer.output_dir)}
-        self._learner(f"saving {directory}", lambda: self.ctx.learners.save_checkpoint(str(directory), state))
+        self._learner(f"saving {directory}", lambda: self.ctx.learners.call_all("save_checkpoint", str(directory), state)[0])
         self.last_checkpoint = str(directory)
         return directory
 
     def _resume(self, path: str) -> None:
-        state = self.ctx.learners.load_checkpoint(path)
+        state = self.ctx.learners.call_all("load_checkpoint", str(path))[0]
         self.step = int(state["step"])
         self.weight_version = int(state["weight_version"])
         self.cursor = DataCursor.from_dict(state["cursor"], len(self.ctx.train), self.cfg.trainer.prompts_per_step,
@@ -309,3 +305,13 @@ class GRPOTrainer:
 def _mean(xs) -> float:
     xs = list(xs)
     return float(sum(xs) / len(xs)) if xs else 0.0
+
+
+def run_training(cfg) -> dict:
+    """Run GRPO as configured; returns the summary also written to ``output_dir/summary.json``."""
+    trainer = GRPOTrainer(cfg)
+    try:
+        trainer.setup()
+        return trainer.train()
+    finally:
+        trainer.shutdown()

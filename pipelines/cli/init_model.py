@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from pipelines.config import load_config
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("init-model", help="build the tiny Qwen2-VL locally (no downloads)")
@@ -13,8 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.config import load_config
-    from pipelines.tiny_model import build_tiny_model
+    # Imported on use: it pulls in Ray, torch and vLLM, and `medr1 --help` must stay instant.
+    from pipelines.models.tiny import build_tiny_model
 
     cfg = load_config(args.config, args.overrides)
     out = build_tiny_model(args.out, cfg.model.tiny, cfg.model.min_pixels, cfg.model.max_pixels)

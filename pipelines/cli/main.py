@@ -1,22 +1,26 @@
-"""The `medr1` command. Each subcommand lives in its own module with a
-``register(subparsers)`` function; heavy imports stay inside the handlers so
-``medr1 --help`` is instant."""
+"""The `medr1` command. Each subcommand lives in its own module of ``pipelines.cli``
+with a ``register(subparsers)`` function; the work each one does is imported inside its
+handler (it pulls in Ray, torch and vLLM), so ``medr1 --help`` is instant."""
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
+
+from pipelines.config import ConfigError
+from pipelines.errors import RunStopped, UserError
 
 # Order is the order shown in --help.
 SUBCOMMAND_MODULES = [
-    "pipelines.init_model",
-    "pipelines.prepare_data",
-    "pipelines.generate",
-    "pipelines.train",
-    "pipelines.sft",
-    "pipelines.evaluate",
-    "pipelines.protocol",
-    "pipelines.submit",
+    "pipelines.cli.init_model",
+    "pipelines.cli.prepare_data",
+    "pipelines.cli.generate",
+    "pipelines.cli.train",
+    "pipelines.cli.sft",
+    "pipelines.cli.evaluate",
+    "pipelines.cli.protocol",
+    "pipelines.cli.submit",
 ]
 
 
@@ -28,10 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from pipelines.config import ConfigError
-    from pipelines.errors import RunStopped, UserError
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
@@ -43,6 +48,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"medr1 {args.command}: stopped: {e}", file=sys.stderr)
         return 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,14 +5,13 @@ from dataclasses import asdict
 
 import ray
 
-from rewards import combined_scores
+from actors.sharding import contiguous_shards
+from rewards import combined_scores, get_reward
 
 
 class RewardWorker:
     def __init__(self, weights: dict[str, float]):
         # Resolve names now so a typo fails at start-up, not at the first step.
-        from rewards import get_reward
-
         for name in weights:
             get_reward(name)
         self.weights = dict(weights)
@@ -26,8 +25,6 @@ RewardActor = ray.remote(RewardWorker)
 
 def score_sharded(workers: list, completions: list[str], answers: list[str]) -> list[dict]:
     """Split a batch evenly over the reward actors and keep the order."""
-    n = len(workers)
-    size = -(-len(completions) // n) if completions else 0
-    refs = [w.score.remote(completions[i * size:(i + 1) * size], answers[i * size:(i + 1) * size])
-            for i, w in enumerate(workers) if completions[i * size:(i + 1) * size]]
+    refs = [w.score.remote(completions[a:b], answers[a:b])
+            for w, (a, b) in zip(workers, contiguous_shards(len(completions), len(workers)))]
     return [s for part in ray.get(refs) for s in part]

@@ -1,4 +1,4 @@
-"""Supervised fine-tuning on the GRPO learner: `medr1 sft CONFIG [key=value ...]`.
+"""Supervised fine-tuning on the GRPO learner (``medr1 sft``).
 
 The same DeepSpeed learner group, with the token-mean negative log-likelihood
 of a target completion in place of the GRPO objective. Two targets:
@@ -7,7 +7,6 @@ of a target completion in place of the GRPO objective. Two targets:
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -16,38 +15,14 @@ import random
 import time
 from pathlib import Path
 
+from actors.learner import LearnerGroup
+from learner.samples import TrainSample
+from pipelines.prompts import build_messages, completion_template
+
 log = logging.getLogger(__name__)
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sft", help="supervised fine-tuning (paper baseline, or the format warm-start)")
-    p.add_argument("config", help="YAML config (a path, or a name in configs/)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. sft.target=format sft.epochs=2")
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    from pipelines.config import load_config
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = load_config(args.config, args.overrides)
-    from cluster.connect import connect
-    from pipelines.config import REPO_ROOT
-    from pipelines.run_setup import ensure_data, ensure_model
-
-    model_path = ensure_model(cfg)
-    train, _ = ensure_data(cfg)
-    connect(cfg.cluster.address, num_cpus=cfg.cluster.num_cpus, dashboard_host=cfg.cluster.dashboard_host,
-            env_vars=dict(cfg.cluster.runtime_env_vars), working_dir_on_path=str(REPO_ROOT))
-    s = cfg.sft
-    out = run_sft(cfg, model_path, train, s.output_dir, target=s.target, epochs=s.epochs, lr=s.lr)
-    print(f"SFT model: {out}")
-    return 0
-
-
 def sft_target_text(record, *, target: str, style: str, reasoning: str, rng: random.Random) -> str:
-    from pipelines.prompts import completion_template
-
     letter = record.answer
     if target == "format":
         letter = "ABCDEFGH"[rng.randrange(len(record.options))]
@@ -55,9 +30,6 @@ def sft_target_text(record, *, target: str, style: str, reasoning: str, rng: ran
 
 
 def build_sft_samples(records, tokenizer, *, target: str, style: str, reasoning: str, seed: int = 0) -> list:
-    from learner.samples import TrainSample
-    from pipelines.prompts import build_messages
-
     rng = random.Random(seed)
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     samples = []
@@ -76,8 +48,6 @@ def run_sft(cfg, model_path: str, records: list, out_dir: str, *, target: str, e
     from omegaconf import OmegaConf
     from tqdm import tqdm
     from transformers import AutoTokenizer
-
-    from actors.learner_worker import LearnerGroup
 
     s = cfg.sft
     records = records[: s.max_records] if s.max_records else records
@@ -108,7 +78,7 @@ def run_sft(cfg, model_path: str, records: list, out_dir: str, *, target: str, e
                 batch, order = [samples[i] for i in order[:bs]], order[bs:]
                 m = group.train_step(batch)
                 f.write(json.dumps({"step": step + 1, **m}, default=float) + "\n")
-        group.save_checkpoint(str(out), {"sft_target": target, "steps": steps})
+        group.call_all("save_checkpoint", str(out), {"sft_target": target, "steps": steps})
     finally:
         group.shutdown()
     log.info("SFT (%s): %d steps in %.1f min -> %s", target, steps, (time.perf_counter() - t0) / 60, out / "hf")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import shlex
 
-from pipelines.config import OptionOrder
+from pipelines.config import OnBadRecord, OptionOrder
+from pipelines.errors import UserError
 
-ON_BAD = ("error", "skip")
+ON_BAD = [o.value for o in OnBadRecord]
 
 
 def register(subparsers) -> None:
@@ -77,8 +78,7 @@ def _summary(out: str, manifest: dict) -> None:
 
 
 def run_synthetic(args: argparse.Namespace) -> int:
-    from pipelines.data.synthetic import prepare_synthetic
-    from pipelines.errors import UserError
+    from pipelines.data.synthetic import prepare_synthetic  # data builders load PIL, pyarrow, matplotlib
 
     try:
         manifest = prepare_synthetic(args.out, seed=args.seed, per_cell=args.per_cell, image_size=args.image_size,

@@ -7,7 +7,12 @@ CONFIG key=value ...`` with the repository as the job's working dir.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
+
+from cluster.errors import JobsError
+from pipelines.config import REPO_ROOT
+from pipelines.errors import UserError
 
 
 def _add_address(p: argparse.ArgumentParser) -> None:
@@ -57,13 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _user_errors(fn):
     """JobsError (cluster/) -> UserError, so the CLI prints one clear line instead of a traceback."""
-    import functools
-
     @functools.wraps(fn)
     def wrapper(args):
-        from cluster.jobs import JobsError
-        from pipelines.errors import UserError
-
         try:
             return fn(args)
         except JobsError as e:
@@ -72,8 +72,6 @@ def _user_errors(fn):
 
 
 def _env_pairs(items: list[str]) -> dict[str, str]:
-    from cluster.jobs import JobsError
-
     out = {}
     for it in items:
         k, sep, v = it.partition("=")
@@ -85,10 +83,11 @@ def _env_pairs(items: list[str]) -> dict[str, str]:
 
 @_user_errors
 def run_submit(args: argparse.Namespace) -> int:
-    from cluster import jobs
+    from cluster import jobs  # the Ray Jobs SDK: imported on use, like every handler's work
+    from pipelines.submission import prepare_submission
 
-    wd = args.working_dir or str(jobs.REPO_ROOT)
-    sub = jobs.prepare_submission(args.config, args.overrides, working_dir=wd, storage_path=args.storage_path,
+    wd = args.working_dir or str(REPO_ROOT)
+    sub = prepare_submission(args.config, args.overrides, working_dir=wd, storage_path=args.storage_path,
                                   gpu=args.gpu, install=args.install, env_vars=_env_pairs(args.env),
                                   extra_excludes=args.exclude, max_upload_mib=args.max_upload_mib,
                                   python=args.python)
@@ -115,7 +114,7 @@ def run_submit(args: argparse.Namespace) -> int:
 
 @_user_errors
 def run_status(args: argparse.Namespace) -> int:
-    from cluster import jobs
+    from cluster import jobs  # the Ray Jobs SDK: imported on use, like every handler's work
 
     info = jobs.job_info(args.job_id, args.address)
     print(f"{args.job_id}: {info.status.value}")
@@ -128,7 +127,7 @@ def run_status(args: argparse.Namespace) -> int:
 
 @_user_errors
 def run_logs(args: argparse.Namespace) -> int:
-    from cluster import jobs
+    from cluster import jobs  # the Ray Jobs SDK: imported on use, like every handler's work
 
     if args.follow:
         jobs.follow_logs(args.job_id, args.address, write=lambda s: print(s, end="", flush=True))
@@ -139,7 +138,7 @@ def run_logs(args: argparse.Namespace) -> int:
 
 @_user_errors
 def run_stop(args: argparse.Namespace) -> int:
-    from cluster import jobs
+    from cluster import jobs  # the Ray Jobs SDK: imported on use, like every handler's work
 
     stopped = jobs.stop_job(args.job_id, args.address)
     print(f"{args.job_id}: {'stop requested' if stopped else 'was not running'}")

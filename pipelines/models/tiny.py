@@ -105,8 +105,8 @@ def _training_corpus() -> list[str]:
 
 def build_tokenizer(vocab_size: int):
     """Byte-level BPE trained on the corpus above, as a Qwen2TokenizerFast."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from tokenizers import AddedToken as TkAddedToken
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import AddedToken, Qwen2TokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -189,8 +189,13 @@ def build_model_config(tiny, tokenizer):
 def build_tiny_model(out_dir: str | Path, tiny, min_pixels: int = 3136, max_pixels: int = 401408) -> Path:
     """Write tokenizer, processor and randomly initialised weights to ``out_dir``."""
     import torch
-    from transformers import (GenerationConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor,
-                              Qwen2VLProcessor, Qwen2VLVideoProcessor)
+    from transformers import (
+        GenerationConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipelines.errors import UserError
+from pipelines.prompts import build_messages
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,11 +29,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _default_image() -> bytes:
-    import io
-
-    import numpy as np
-    from PIL import Image
-
     yy, xx = np.mgrid[0:112, 0:112]
     ring = (np.abs(np.hypot(yy - 56, xx - 56) - 40) < 4) * 200 + 40
     buf = io.BytesIO()
@@ -33,13 +37,8 @@ def _default_image() -> bytes:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-    from pathlib import Path
-
-    from pipelines.errors import UserError
-
+    # Imported on use: it pulls in Ray, torch and vLLM, and `medr1 --help` must stay instant.
     from actors.vllm_engine import RolloutEngine, cpu_engine_env
-    from pipelines.prompts import build_messages
 
     if args.image:
         path = Path(args.image)

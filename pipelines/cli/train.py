@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import logging
+
+from pipelines.cli.main import setup_logging
+from pipelines.config import load_config, to_yaml
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,35 +17,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.config import load_config, to_yaml
-
     cfg = load_config(args.config, args.overrides)
-    if args.dry_run:
-        from pipelines.run_setup import resource_plan
+    # Imported on use: it pulls in Ray, torch and vLLM, and `medr1 --help` must stay instant.
+    import ray
 
+    from pipelines.launch import resource_plan
+    from pipelines.training.grpo_loop import run_training
+
+    if args.dry_run:
         print(to_yaml(cfg))
         print(resource_plan(cfg).table())
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     summary = run_training(cfg)
     if cfg.cluster.address is None:
-        import ray
-
         ray.shutdown()  # our local Ray: stop worker log forwarding so the summary is the last thing printed
     _print_summary(summary)
     return 0
-
-
-def run_training(cfg) -> dict:
-    """Run GRPO as configured; returns the summary also written to ``output_dir/summary.json``."""
-    from pipelines.trainer import GRPOTrainer
-
-    trainer = GRPOTrainer(cfg)
-    try:
-        trainer.setup()
-        return trainer.train()
-    finally:
-        trainer.shutdown()
 
 
 def _print_summary(summary: dict) -> None:

@@ -3,6 +3,7 @@ disk, Ray, a checked resource plan, and the rollout, reward and learner actors."
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -11,17 +12,25 @@ from typing import Any
 
 import ray
 
-from pipelines.config import REPO_ROOT
+from actors.learner import LearnerGroup
+from actors.reward import RewardActor, score_sharded
+from actors.rollout import Colocation, RolloutPool, create_rollout_workers, wait_ready
+from actors.weight_sync import make_weight_sync
+from cluster.connect import is_local
+from cluster.resources import check_plan, create_placement_groups
+from pipelines.data.store import load_prepared
+from pipelines.data.synthetic import prepare_synthetic
 from pipelines.errors import UserError
+from pipelines.launch import REWARD_WORKER_CPUS, connect_ray, engine_kwargs, resource_plan, rollout_env
+from pipelines.models.tiny import build_tiny_model, is_model_dir
+from pipelines.prompts import build_messages, format_question
+from pipelines.training.sft import run_sft
+from rewards import extract_eval_answer
 
 log = logging.getLogger(__name__)
 
-REWARD_WORKER_CPUS = 0.5
-
 
 def ensure_model(cfg) -> str:
-    from pipelines.tiny_model import build_tiny_model, is_model_dir
-
     path = Path(cfg.model.path)
     if is_model_dir(path):
         return str(path)
@@ -36,8 +45,6 @@ def ensure_model(cfg) -> str:
 
 def ensure_data(cfg):
     """(train, test) records, filtered to the configured modalities / question types."""
-    from pipelines.data.store import load_prepared
-
     d = Path(cfg.data.prepared_dir)
     if cfg.data.source == "synthetic":
         s = cfg.data.synthetic
@@ -46,8 +53,6 @@ def ensure_data(cfg):
         if (d / "manifest.json").is_file():
             _check_synthetic_build(d, wanted)
         else:
-            from pipelines.data.synthetic import prepare_synthetic
-
             log.info("building the synthetic benchmark into %s", d)
             prepare_synthetic(str(d), command="medr1 train (auto)", **wanted)
     train = load_prepared(d, cfg.data.train_split)
@@ -67,8 +72,6 @@ def ensure_data(cfg):
 def _check_synthetic_build(d: Path, wanted: dict) -> None:
     """A synthetic build is reused only if it was built with the configured settings;
     otherwise the run would silently train on other data than its config says."""
-    import json
-
     manifest = json.loads((d / "manifest.json").read_text())
     if manifest.get("builder") != "synthetic":
         return  # prepared by hand from another source: the user chose this directory
@@ -94,10 +97,6 @@ def ensure_warmstart(cfg, model_path: str, train: list) -> str:
 
     ``warmstart.json`` records what it was built from; a later run with other settings is
     stopped instead of silently starting from a policy trained for another prompt or data."""
-    import json
-
-    from pipelines.tiny_model import is_model_dir
-
     if not cfg.sft.warmstart_dir:
         return model_path
     d = Path(cfg.sft.warmstart_dir)
@@ -109,57 +108,11 @@ def ensure_warmstart(cfg, model_path: str, train: list) -> str:
         built = json.loads(record.read_text()) if record.is_file() else {}
         _refuse_other_settings(f"the format warm-start in {d} was", d, built, wanted, "now", "sft.warmstart_dir")
         return str(hf)
-    from pipelines.sft import run_sft
-
     log.info("format warm-start of %s into %s", model_path, hf)
     run_sft(cfg, model_path, train, cfg.sft.warmstart_dir, target="format",
             epochs=cfg.sft.warmstart_epochs, lr=cfg.sft.warmstart_lr)
     record.write_text(json.dumps(wanted, indent=2))
     return str(hf)
-
-
-def resource_plan(cfg):
-    from cluster.resources import ResourcePlan, RoleSpec
-
-    r, l = cfg.rollout.resources_per_worker, cfg.learner.resources_per_worker
-    return ResourcePlan(
-        roles=[
-            RoleSpec("rollout", cfg.rollout.num_workers, r.num_cpus, r.num_gpus, dict(r.custom)),
-            RoleSpec("learner", cfg.learner.num_workers, l.num_cpus, l.num_gpus, dict(l.custom)),
-            RoleSpec("reward", cfg.reward.num_workers, REWARD_WORKER_CPUS),
-        ],
-        strategy=cfg.cluster.placement_strategy.value,
-        colocate=cfg.cluster.colocate,
-    )
-
-
-def engine_kwargs(cfg, model_path: str) -> dict[str, Any]:
-    ro = cfg.rollout
-    return dict(
-        model_path=model_path,
-        dtype=cfg.model.dtype.value,
-        max_model_len=cfg.data.max_prompt_length + ro.max_new_tokens,
-        seed=ro.seed,
-        enforce_eager=ro.enforce_eager,
-        gpu_memory_utilization=ro.gpu_memory_utilization,
-        kv_cache_memory_bytes=ro.kv_cache_memory_bytes if ro.resources_per_worker.num_gpus == 0 else None,
-        max_num_seqs=ro.max_num_seqs,
-        tensor_parallel_size=ro.tensor_parallel_size,
-        min_pixels=cfg.model.min_pixels,
-        max_pixels=cfg.model.max_pixels,
-        trust_remote_code=cfg.model.trust_remote_code,
-        enable_sleep=cfg.cluster.colocate,
-    )
-
-
-def rollout_env(cfg, index: int) -> dict[str, str]:
-    from actors.rollout_group import cpu_core_binding
-    from actors.vllm_engine import cpu_engine_env
-
-    env = {k: str(v) for k, v in cfg.cluster.runtime_env_vars.items()}
-    if cfg.rollout.resources_per_worker.num_gpus == 0:
-        env.update(cpu_engine_env(cpu_core_binding(index, cfg.rollout.num_workers)))
-    return env
 
 
 @dataclass
@@ -181,8 +134,6 @@ class RunContext:
         """The rollout request for a record: chat-templated prompt text and PNG bytes."""
         p = self._payloads.get(record.id)
         if p is None:
-            from pipelines.prompts import build_messages
-
             text = self.tokenizer.apply_chat_template(build_messages(record, self.cfg.data.prompt_style.value),
                                                       tokenize=False, add_generation_prompt=True)
             image = record.image if isinstance(record.image, bytes) else Path(record.image).read_bytes()
@@ -191,14 +142,10 @@ class RunContext:
         return p
 
     def score(self, texts: list[str], answers: list[str]) -> list[dict]:
-        from actors.reward_worker import score_sharded
-
         return score_sharded(self.reward_workers, texts, answers)
 
     def trace_row(self, record, comp: dict, score: dict, *, step: int, version: int, worker: int,
                   sample_index: int, advantage: float) -> dict:
-        from rewards import extract_eval_answer
-
         comps = score["components"]
         acc = comps.get("accuracy_strict", comps.get("accuracy"))
         fmt = comps.get("format", comps.get("format_nothink", comps.get("format_think_after")))
@@ -238,33 +185,17 @@ def _sha256(b: bytes) -> str:
 
 
 def _question_text(record) -> str:
-    from pipelines.prompts import format_question
-
     return format_question(record)
 
 
 def start_run(cfg) -> RunContext:
     from transformers import AutoTokenizer
 
-    from actors.learner_worker import LearnerGroup
-    from actors.reward_worker import RewardActor
-    from actors.rollout_group import create_rollout_workers, wait_ready
-    from actors.weight_sync import make_weight_sync
-    from cluster.connect import connect
-    from cluster.resources import check_plan, create_placement_groups
-    from pipelines.rollout import RolloutPool
-
     model_path = ensure_model(cfg)
     train, test = ensure_data(cfg)
     plan = resource_plan(cfg)
-    local = cfg.cluster.address is None and not os.environ.get("RAY_ADDRESS")
-    num_cpus = cfg.cluster.num_cpus
-    if local and num_cpus is None:
-        # Phases of a synchronous step take turns on the cores, so a local run may declare
-        # as many logical CPUs as its plan asks for.
-        num_cpus = max(os.cpu_count() or 1, int(-(-plan.totals().get("CPU", 1) // 1)))
-    info = connect(cfg.cluster.address, num_cpus=num_cpus, dashboard_host=cfg.cluster.dashboard_host,
-                   env_vars=dict(cfg.cluster.runtime_env_vars), working_dir_on_path=str(REPO_ROOT))
+    local = is_local(cfg.cluster.address)
+    info = connect_ray(cfg, wanted_cpus=plan.totals().get("CPU", 1))
     model_path = ensure_warmstart(cfg, model_path, train)
     print(plan.table(info["resources"]))
     if info.get("dashboard_url"):
@@ -304,11 +235,9 @@ def start_run(cfg) -> RunContext:
         version = max(ray.get([w.get_weight_version.remote() for w in rollout_workers if w is not worker]
                               or [0]))
         if version > 0:
-            ray.get(worker.load_weights.remote(learners.push_state_dict(as_ref=True), version))
+            ray.get(worker.load_weights.remote(learners.gather_state_dict(as_ref=True), version))
 
     ctx.rollout = RolloutPool(rollout_workers, on_restart=catch_up)
     if cfg.cluster.colocate:
-        from pipelines.colocate import Colocation
-
         ctx.colocation = Colocation(ctx.rollout, cfg.rollout.sleep_level)
     return ctx

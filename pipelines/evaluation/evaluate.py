@@ -1,0 +1,283 @@
+"""The paper's held-out evaluation of an HF-format Qwen2-VL directory (``medr1 evaluate``)
+or of the live policy during training, greedy, sharded over R vLLM rollout actors.
+
+Writes ``OUT/eval.json`` (metrics + model, data, split, weight_version),
+``OUT/traces/eval-*.parquet`` (one row per scored prompt; a rerun into the same
+OUT replaces them), ``OUT/accuracy_by_modality.png`` and
+``OUT/accuracy_by_question_type.png``; prints a table and, with
+``--show-errors N``, the N worst examples.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from actors.sharding import contiguous_shards
+from pipelines.config import REPO_ROOT, load_config
+from pipelines.data.store import load_prepared
+from pipelines.errors import UserError
+from pipelines.evaluation.accuracy import score_completion, summarize, worst_examples
+from pipelines.evaluation.report import plot_accuracy_bars, print_eval_table
+from pipelines.launch import connect_ray, start_eval_workers
+from pipelines.models.tiny import is_model_dir
+from pipelines.prompts import build_messages, format_question
+from pipelines.traces import TraceWriter
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- pieces
+def check_model_dir(model: str | os.PathLike) -> str:
+    p = Path(model)
+    if not p.exists():
+        raise UserError(f"model directory not found: {p}")
+    if not is_model_dir(p):
+        raise UserError(f"{p} is not an HF model directory (needs config.json and *.safetensors); "
+                        f"for a training run, point at <run>/checkpoints/final/hf")
+    return str(p)
+
+
+def select_records(records: list, max_samples: Optional[int] = None, modalities: Optional[list[str]] = None,
+                   question_types: Optional[list[str]] = None) -> list:
+    """Filter by domain, then take ``max_samples`` records spread over modality x question-type
+    cells (deterministic): each round takes one record per modality, from a question type that
+    rotates with the modality and the round, so even a few samples cover both axes."""
+    if modalities:
+        records = [r for r in records if r.modality in modalities]
+    if question_types:
+        records = [r for r in records if r.question_type in question_types]
+    if not max_samples or not 0 < max_samples < len(records):
+        return records
+    cells: dict[str, dict[str, list[int]]] = {}
+    for i, r in enumerate(records):
+        cells.setdefault(r.modality, {}).setdefault(r.question_type, []).append(i)
+    picked: list[int] = []
+    rnd = 0
+    while len(picked) < max_samples:
+        for mi, by_q in enumerate(cells.values()):
+            qts = [q for q in by_q if by_q[q]]
+            if qts and len(picked) < max_samples:
+                picked.append(by_q[qts[(mi + rnd) % len(qts)]].pop(0))
+        rnd += 1
+    return [records[i] for i in sorted(picked)]
+
+
+def write_outputs(out: Path, metrics: dict, rows: list[dict], info: dict[str, Any]) -> dict:
+    """eval.json + traces + bar charts; returns the eval.json content."""
+    out.mkdir(parents=True, exist_ok=True)
+    tdir = out / "traces"
+    if tdir.is_dir():
+        for old in tdir.glob("eval-*.parquet"):  # eval.json is replaced, so are the rows behind it
+            old.unlink()
+    tw = TraceWriter(tdir, kind="eval")
+    tw.add(rows)
+    tw.close()
+    doc = {**info, **metrics}
+    (out / "eval.json").write_text(json.dumps(doc, indent=2, default=float) + "\n")
+    plot_accuracy_bars(metrics["by_modality"], out / "accuracy_by_modality.png", "accuracy by modality",
+                       metrics["overall"])
+    plot_accuracy_bars(metrics["by_question_type"], out / "accuracy_by_question_type.png",
+                       "accuracy by question type", metrics["overall"])
+    return doc
+
+
+def print_errors(rows: list[dict], n: int, console=None) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    console = console or Console()
+    worst = worst_examples(rows, n)
+    if not worst:
+        console.print("no errors to show")
+        return
+    console.rule(f"{len(worst)} worst examples")
+    for r in worst:
+        kind = "WRONG" if r.get("predicted") else "UNPARSABLE"
+        console.print(f"[bold]{kind}[/bold] {escape(r['prompt_id'])}  ({escape(r['modality'])} / "
+                      f"{escape(r['question_type'])} / {escape(r['source'])})")
+        console.print(f"  image:     {escape(r.get('image_path') or '(embedded)')}  sha256 {r['image_sha256'][:12]}")
+        console.print(f"  question:  {escape(r['prompt'])}")
+        console.print(f"  reasoning: {escape(r['completion'])!s}")
+        console.print(f"  answer:    predicted {escape(r.get('predicted') or '(none)')}, truth {escape(r['answer'])}")
+
+
+def evaluate_model(model: str, data: str, *, split: str = "test", out: Optional[str | Path] = None, cfg=None,
+                   workers: Optional[list] = None, num_workers: Optional[int] = None,
+                   max_new_tokens: Optional[int] = None, max_samples: Optional[int] = None,
+                   prompt_style: Optional[str] = None, modalities: Optional[list[str]] = None,
+                   question_types: Optional[list[str]] = None, show_errors: int = 0, progress: bool = True,
+                   print_table: bool = True, run_name: str = "", weight_version: int = 0) -> dict:
+    """Evaluate ``model`` on ``data``/``split``; write outputs under ``out``; return eval.json's content.
+
+    ``workers``: existing rollout actors already serving ``model`` (then none are started
+    or stopped here); otherwise R actors are started on the current Ray (started locally,
+    or joined at ``cluster.address``, if needed) and killed at the end."""
+    import ray
+    from transformers import AutoTokenizer
+
+    cfg = cfg if cfg is not None else load_config(None)
+    model = check_model_dir(model)
+    records = load_prepared(data, split)
+    records = select_records(records, max_samples if max_samples is not None else cfg.eval.max_samples,
+                             modalities, question_types)
+    max_new_tokens = int(max_new_tokens or cfg.eval.max_new_tokens)
+    style = prompt_style or cfg.eval.prompt_style.value
+    out = Path(out) if out else REPO_ROOT / "outputs" / "eval" / f"{Path(model).name}-{split}"
+    tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=cfg.model.trust_remote_code)
+
+    started_ray = started_workers = False
+    try:
+        if workers is None:
+            R = int(num_workers or cfg.rollout.num_workers)
+            if not ray.is_initialized():
+                connect_ray(cfg, wanted_cpus=R * cfg.rollout.resources_per_worker.num_cpus)
+                started_ray = True
+            workers = start_eval_workers(cfg, model, R, max_new_tokens)
+            started_workers = True
+        rows, skipped, seconds = generate_eval_rows(
+            workers, records, tokenizer=tokenizer, max_new_tokens=max_new_tokens, prompt_style=style,
+            weight_version=weight_version, step=-1, model=model, run=run_name or out.name, progress=progress)
+    finally:
+        if started_workers:
+            for w in workers or []:
+                try:
+                    ray.kill(w)
+                except Exception:
+                    pass
+        if started_ray:
+            ray.shutdown()
+    metrics = summarize(rows, skipped, seconds)
+    info = {"model": model, "data": str(data), "split": split, "weight_version": int(weight_version),
+            "prompt_style": style, "max_new_tokens": max_new_tokens, "workers": len(workers or []),
+            "records": len(records)}
+    doc = write_outputs(out, metrics, rows, info)
+    if print_table:
+        print_eval_table(metrics, title=f"{Path(model).name} on {Path(data).name}/{split}")
+        if show_errors:
+            print_errors(rows, show_errors)
+        print(f"outputs in {out}: eval.json, traces/, accuracy_by_modality.png, accuracy_by_question_type.png")
+    return doc
+
+
+# --------------------------------------------------------------------------- payloads
+def _image_bytes(record) -> bytes:
+    img = record.image
+    if isinstance(img, (bytes, bytearray)):
+        if not img:
+            raise ValueError("image missing (empty)")
+        return bytes(img)
+    if isinstance(img, str) and img:
+        p = Path(img)
+        if not p.is_file():
+            raise ValueError(f"image file not found: {img}")
+        return p.read_bytes()
+    raise ValueError("image missing")
+
+
+def build_payloads(records: list, tokenizer, prompt_style: str = "think"):
+    """(payloads, skipped): a vLLM request per usable record, a reason per unusable one.
+
+    Each payload: {"id", "prompt" (chat template applied), "image" (bytes), "_index", "_sha256"}."""
+    payloads, skipped = [], []
+    for i, rec in enumerate(records):
+        try:
+            image = _image_bytes(rec)
+        except (ValueError, OSError) as e:
+            skipped.append({"prompt_id": rec.id, "image_path": rec.image_path or "", "reason": str(e)})
+            continue
+        text = tokenizer.apply_chat_template(build_messages(rec, prompt_style), tokenize=False,
+                                             add_generation_prompt=True)
+        payloads.append({"id": rec.id, "prompt": text, "image": image, "_index": i,
+                         "_sha256": hashlib.sha256(image).hexdigest()})
+    return payloads, skipped
+
+
+# --------------------------------------------------------------------------- generation
+def generate_eval_rows(workers: list, records: list, *, tokenizer, max_new_tokens: int = 256,
+                       prompt_style: str = "think", weight_version: int = 0, step: int = -1, model: str = "",
+                       run: str = "", progress: bool = True, chunk_size: int = 512):
+    """Greedy-generate every record on the rollout actors; returns (rows, skipped, seconds).
+
+    Records are split into R contiguous shards (one per actor); a shard larger than
+    ``chunk_size`` goes as several consecutive calls to the same actor so the progress
+    bar moves. Every call is in flight at once; an actor runs its calls in order.
+    Rows are in record order and use the trace-store column names."""
+    import ray
+    from tqdm import tqdm
+
+    if not workers:
+        raise ValueError("evaluation needs at least one rollout worker")
+    t0 = time.perf_counter()
+    payloads, skipped = build_payloads(records, tokenizer, prompt_style)
+    sampling = {"n": 1, "temperature": 0.0, "max_tokens": int(max_new_tokens), "logprobs": False}
+    pending: dict[Any, list[dict]] = {}
+    for wi, (start, stop) in enumerate(contiguous_shards(len(payloads), len(workers))):
+        for cs in range(start, stop, max(1, chunk_size)):
+            chunk = payloads[cs:min(stop, cs + chunk_size)]
+            send = [{"id": p["id"], "prompt": p["prompt"], "image": p["image"]} for p in chunk]
+            pending[workers[wi].generate.remote(send, sampling)] = chunk
+    rows_by_index: dict[int, dict] = {}
+    bar = tqdm(total=len(payloads), desc="eval", unit="prompt", disable=not progress, leave=False)
+    try:
+        waiting = list(pending)
+        while waiting:
+            done, waiting = ray.wait(waiting, num_returns=1)
+            for ref in done:
+                out = ray.get(ref)
+                chunk = pending[ref]
+                for p, res in zip(chunk, out["results"]):
+                    rec = records[p["_index"]]
+                    comps = res.get("completions") or []
+                    if res.get("error") or not comps:
+                        skipped.append({"prompt_id": rec.id, "image_path": rec.image_path or "",
+                                        "reason": res.get("error") or "no completion returned"})
+                        continue
+                    c = comps[0]
+                    text = c["text"]
+                    rows_by_index[p["_index"]] = {
+                        "run": run, "kind": "eval", "step": int(step),
+                        "weight_version": int(out.get("weight_version", weight_version)),
+                        "model": model, "prompt_id": rec.id, "sample_index": 0, "image_sha256": p["_sha256"],
+                        "image_path": rec.image_path or (rec.image if isinstance(rec.image, str) else ""),
+                        "modality": rec.modality, "question_type": rec.question_type, "source": rec.source,
+                        "prompt": format_question(rec), "answer": rec.answer, "completion": text,
+                        "completion_tokens": len(c.get("token_ids") or []),
+                        "finish_reason": str(c.get("finish_reason", "")),
+                        **score_completion(text, rec.answer, prompt_style),
+                        "reward": None, "reward_components": None, "advantage": None,
+                        "worker": int(out.get("worker", -1)),
+                    }
+                bar.update(len(chunk))
+    finally:
+        bar.close()
+    rows = [rows_by_index[i] for i in sorted(rows_by_index)]
+    return rows, skipped, time.perf_counter() - t0
+
+
+def evaluate_records(workers: list, records: list, *, tokenizer, max_new_tokens: int = 256,
+                     prompt_style: str = "think", weight_version: int = 0, step: int = -1, model: str = "",
+                     run: str = "", trace_writer=None, progress: bool = True) -> dict:
+    """Evaluate ``records`` greedily on the rollout ``workers``; returns the metrics dict.
+
+    Keys: overall, by_modality, by_question_type, by_source (each cell
+    {"accuracy", "n", "correct", "ci95": [lo, hi]} with a Wilson 95% interval),
+    format_rate (mean paper format reward for ``prompt_style``), unparsable (rows with
+    no ``<answer>\\w+</answer>``), skipped ({"count", "records": [{prompt_id,
+    image_path, reason}]}, excluded from n), n, tokens, seconds, prompts_per_s,
+    weight_version, step. One trace row per scored record goes to ``trace_writer``
+    (flushed before returning)."""
+    rows, skipped, seconds = generate_eval_rows(
+        workers, records, tokenizer=tokenizer, max_new_tokens=max_new_tokens, prompt_style=prompt_style,
+        weight_version=weight_version, step=step, model=model, run=run, progress=progress)
+    if trace_writer is not None and rows:
+        trace_writer.add(rows)
+        trace_writer.flush()
+    metrics = summarize(rows, skipped, seconds)
+    metrics["weight_version"] = int(weight_version)
+    metrics["step"] = int(step)
+    return metrics

@@ -1,0 +1,1 @@
+"""The paper's generalization protocol: one GRPO run per domain, each evaluated on every test domain."""
