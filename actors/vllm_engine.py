@@ -5,10 +5,11 @@ rollout actor is a thin shell around it.
 """
 from __future__ import annotations
 
-import io
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Optional
+
+from learner.image_codec import decode_image
 
 log = logging.getLogger(__name__)
 
@@ -47,24 +48,6 @@ def cpu_engine_env(cores: Optional[str] = None) -> dict[str, str]:
     if cores:
         env["VLLM_CPU_OMP_THREADS_BIND"] = cores
     return env
-
-
-def decode_image(image: Any, max_pixels: Optional[int] = None):
-    """PNG/JPEG bytes or a PIL image -> RGB PIL image; raises ValueError with the reason."""
-    from PIL import Image
-
-    try:
-        img = image if isinstance(image, Image.Image) else Image.open(io.BytesIO(image))
-        img = img.convert("RGB")
-    except Exception as e:  # PIL raises many types; the caller only needs the reason
-        reason = "not a recognised image format" if type(e).__name__ == "UnidentifiedImageError" else str(e)
-        raise ValueError(f"image cannot be decoded ({type(e).__name__}: {reason})") from None
-    if img.width < 1 or img.height < 1:
-        raise ValueError(f"image has an empty size {img.size}")
-    if max_pixels and img.width * img.height > 64 * max_pixels:
-        # The processor resizes to max_pixels anyway; refuse absurd inputs before they cost memory.
-        raise ValueError(f"image {img.size} is more than 64x max_pixels={max_pixels}")
-    return img
 
 
 class RolloutEngine:

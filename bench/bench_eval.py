@@ -11,7 +11,6 @@ scoring. One table, side by side.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 import tempfile
@@ -35,11 +34,11 @@ def make_records(n: int):
 
 def bench_hf(model_dir: str, records, max_new_tokens: int, batch: int, threads: int) -> dict:
     import torch
-    from PIL import Image
     from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
 
+    from learner.image_codec import decode_image
     from pipelines.evaluation.accuracy import score_completion
-    from pipelines.prompts import build_messages
+    from pipelines.prompts import chat_prompt
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
@@ -53,9 +52,8 @@ def bench_hf(model_dir: str, records, max_new_tokens: int, batch: int, threads: 
     pad = proc.tokenizer.pad_token_id if proc.tokenizer.pad_token_id is not None else eos
     for i in range(0, len(records), batch):
         chunk = records[i:i + batch]
-        texts = [proc.apply_chat_template(build_messages(r, "think"), tokenize=False, add_generation_prompt=True)
-                 for r in chunk]
-        images = [Image.open(io.BytesIO(r.image)).convert("RGB") for r in chunk]
+        texts = [chat_prompt(proc, r, "think") for r in chunk]
+        images = [decode_image(r.image) for r in chunk]
         inputs = proc(text=texts, images=images, return_tensors="pt", padding=True)
         with torch.no_grad():
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
@@ -118,10 +116,10 @@ def main() -> None:
     args = ap.parse_args()
 
     import ray
+    from omegaconf import OmegaConf
 
     from pipelines.config import TinyModelConfig
     from pipelines.models.tiny import build_tiny_model
-    from omegaconf import OmegaConf
 
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:

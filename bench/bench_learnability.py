@@ -21,7 +21,6 @@ Prints held-out accuracy at checkpoints, one column per target.
 from __future__ import annotations
 
 import argparse
-import io
 import random
 import sys
 import tempfile
@@ -45,22 +44,22 @@ def targets():
 
 def train_one(model_dir: str, train, test, target, steps: int, batch: int, lr: float, every: int, seed: int):
     import torch
-    from PIL import Image
     from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
 
-    from pipelines.prompts import build_messages
+    from learner.image_codec import decode_image
+    from pipelines.data.schema import LETTERS
+    from pipelines.prompts import chat_prompt
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
     proc = AutoProcessor.from_pretrained(model_dir)
     proc.tokenizer.padding_side = "left"
     model = Qwen2VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
-    letters = [proc.tokenizer.convert_tokens_to_ids(x) for x in "ABCD"]
+    letters = [proc.tokenizer.convert_tokens_to_ids(x) for x in LETTERS[:4]]
 
     def logits(recs):
-        texts = [proc.apply_chat_template(build_messages(r, "nothink"), tokenize=False, add_generation_prompt=True)
-                 + "<answer>" for r in recs]
-        images = [Image.open(io.BytesIO(r.image)).convert("RGB") for r in recs]
+        texts = [chat_prompt(proc, r, "nothink") + "<answer>" for r in recs]
+        images = [decode_image(r.image) for r in recs]
         enc = proc(text=texts, images=images, return_tensors="pt", padding=True)
         return model(**enc).logits[:, -1, letters]
 
@@ -111,9 +110,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model
         if model_dir is None:
+            from omegaconf import OmegaConf
+
             from pipelines.config import TinyModelConfig
             from pipelines.models.tiny import build_tiny_model
-            from omegaconf import OmegaConf
 
             model_dir = str(Path(tmp) / "tiny")
             build_tiny_model(model_dir, OmegaConf.structured(TinyModelConfig), max_pixels=112 * 112)

@@ -21,7 +21,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from rewards import available_rewards, get_reward  # noqa: E402
-from rewards.accuracy import STRICT_ANSWER_PATTERN, extract_answer_strict  # noqa: E402
+from rewards.accuracy import CHOICE_LETTERS, STRICT_ANSWER_PATTERN, extract_answer_strict  # noqa: E402
 from rewards.format import THINK_PATTERN, is_think_format  # noqa: E402
 
 KB, MB = 1 << 10, 1 << 20
@@ -32,7 +32,7 @@ def typical_completions(n: int, rng: random.Random) -> list[str]:
     out = []
     for _ in range(n):
         think = " ".join(rng.choice(words) for _ in range(rng.randint(30, 45)))
-        letter = rng.choice("ABCD")
+        letter = rng.choice(CHOICE_LETTERS[:4])
         form = rng.random()
         if form < 0.6:
             out.append(f"<think>{think}</think> <answer>{letter}</answer>")

@@ -11,7 +11,6 @@ Usage: python bench/bench_rollout.py [--prompts 8] [--group 4] [--tokens 32]
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 import tempfile
@@ -31,26 +30,26 @@ def _images(n: int) -> list[bytes]:
     import numpy as np
     from PIL import Image
 
+    from learner.image_codec import encode_png
+
     out = []
     for i in range(n):
         rng = np.random.RandomState(i)
-        buf = io.BytesIO()
-        Image.fromarray((rng.rand(112, 112, 3) * 255).astype("uint8")).save(buf, format="PNG")
-        out.append(buf.getvalue())
+        out.append(encode_png(Image.fromarray((rng.rand(112, 112, 3) * 255).astype("uint8"))))
     return out
 
 
 def bench_size(name: str, dims: dict, args) -> dict:
     import torch
     from omegaconf import OmegaConf
-    from PIL import Image
     from safetensors.torch import load_file, save
     from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
 
     from actors.vllm_engine import RolloutEngine
+    from learner.image_codec import decode_image
     from pipelines.config import TinyModelConfig
-    from pipelines.prompts import build_messages
     from pipelines.models.tiny import build_tiny_model
+    from pipelines.prompts import chat_prompt
 
     tiny = OmegaConf.structured(TinyModelConfig)
     for k, v in dims.items():
@@ -59,7 +58,7 @@ def bench_size(name: str, dims: dict, args) -> dict:
     build_tiny_model(d, tiny, max_pixels=112 * 112)
     proc = AutoProcessor.from_pretrained(d)
     rec = {"question": "What imaging modality is shown?", "options": ["CT", "MRI", "X-ray", "OCT"]}
-    text = proc.apply_chat_template(build_messages(rec), tokenize=False, add_generation_prompt=True)
+    text = chat_prompt(proc, rec)
     images = _images(args.prompts)
     prompts = [{"id": str(i), "prompt": text, "image": img} for i, img in enumerate(images)]
     sampling = dict(n=args.group, temperature=1.0, max_tokens=args.tokens)
@@ -67,7 +66,7 @@ def bench_size(name: str, dims: dict, args) -> dict:
     # HF generate: the whole batch (prompts x G) at once, sampling, no early stop so token counts match.
     model = Qwen2VLForConditionalGeneration.from_pretrained(d, dtype=torch.float32).eval()
     n_params = sum(p.numel() for p in model.parameters())
-    pil = [Image.open(io.BytesIO(b)).convert("RGB") for b in images for _ in range(args.group)]
+    pil = [decode_image(b) for b in images for _ in range(args.group)]
     enc = proc(text=[text] * len(pil), images=pil, return_tensors="pt", padding=True)
     with torch.no_grad():
         t = time.perf_counter()

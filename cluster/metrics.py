@@ -10,10 +10,7 @@ Where the metrics are recorded: directly from the calling process. A driver
 (e.g. the entrypoint of ``ray job submit``) is a Ray core worker like any
 other and its metrics are exported through the node's metrics agent; this
 was verified against a ``ray start --head`` on Ray 2.60 (see
-``tests/test_jobs.py::test_driver_metrics_reach_prometheus``). ``mode="actor"``
-moves the gauges into one small actor named ``metrics-exporter`` (non-detached:
-it dies with the job), for drivers that run outside the cluster (Ray Client)
-or to keep every series on one node.
+``tests/test_jobs.py::test_job_submission_logs_and_driver_metrics_reach_prometheus``).
 
 Metrics must never stop training: every failure is caught, logged once, and
 the step goes on.
@@ -28,7 +25,6 @@ from typing import Any, Mapping, Optional
 log = logging.getLogger(__name__)
 
 PREFIX = "medr1_"
-EXPORTER_ACTOR_NAME = "metrics-exporter"
 
 # What the training driver records each step; the descriptions show up in Prometheus' HELP lines.
 KNOWN_METRICS: dict[str, str] = {
@@ -49,7 +45,7 @@ KNOWN_METRICS: dict[str, str] = {
     "time_push": "seconds spent pushing weights to the rollout workers",
     "time_step": "seconds for the whole step",
     "weight_version": "weight version the rollout workers hold",
-    "queue_depth": "rollout batches waiting for the learner (async mode)",
+    "queue_depth": "rollout batches sampling ahead of the learner (async mode; 0 in sync mode)",
     "rollout_restarts": "rollout worker restarts so far",
     "dead_group_fraction": "fraction of groups whose rewards are all equal (zero advantage)",
     "step": "training step",
@@ -125,40 +121,20 @@ class _GaugeSet:
         return errors
 
 
-class _ExporterActor:
-    """Holds the gauges in one actor (``mode="actor"``)."""
-
-    def __init__(self, prefix: str = PREFIX):
-        self.gauges = _GaugeSet(prefix)
-
-    def record(self, values: dict[str, float], tags: dict[str, str]) -> list[str]:
-        return self.gauges.record(values, tags)
-
-    def ping(self) -> bool:
-        return True
-
-
 class RayMetrics:
     """Exports step metrics as Ray gauges ``medr1_<name>{run=<run>}``.
 
     ``record`` never raises: a failure is logged once (with what failed) and
     training goes on. Without a running Ray it does nothing.
-
-    mode: ``"driver"`` (default) records from this process; ``"actor"`` sends
-    the values to one actor named ``metrics-exporter`` (fire-and-forget).
     """
 
-    def __init__(self, run: str, *, mode: str = "driver", prefix: str = PREFIX,
-                 default_tags: Optional[dict[str, str]] = None, enabled: bool = True):
-        if mode not in ("driver", "actor"):
-            raise ValueError(f"RayMetrics mode must be 'driver' or 'actor' (got {mode!r})")
+    def __init__(self, run: str, *, prefix: str = PREFIX, default_tags: Optional[dict[str, str]] = None,
+                 enabled: bool = True):
         self.run = str(run)
-        self.mode = mode
         self.prefix = prefix
         self.default_tags = {k: str(v) for k, v in (default_tags or {}).items()}
         self.enabled = enabled
         self._local: Optional[_GaugeSet] = None
-        self._actor = None
         self._warned = False
         self.failures = 0
 
@@ -176,14 +152,6 @@ class RayMetrics:
         except Exception:
             return False
 
-    def _exporter(self):
-        if self._actor is None:
-            import ray
-
-            cls = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)(_ExporterActor)
-            self._actor = cls.options(name=EXPORTER_ACTOR_NAME, get_if_exists=True).remote(self.prefix)
-        return self._actor
-
     def record(self, step_metrics: Mapping[str, Any], tags: Optional[Mapping[str, Any]] = None) -> None:
         if not self.enabled or not step_metrics:
             return
@@ -194,9 +162,6 @@ class RayMetrics:
             if not values:
                 return
             all_tags = {**self.default_tags, **{str(k): str(v) for k, v in (tags or {}).items()}, "run": self.run}
-            if self.mode == "actor":
-                self._exporter().record.remote(values, all_tags)
-                return
             if self._local is None:
                 self._local = _GaugeSet(self.prefix)
             errors = self._local.record(values, all_tags)
@@ -204,19 +169,3 @@ class RayMetrics:
                 self._warn_once("; ".join(errors[:5]))
         except Exception as e:
             self._warn_once(f"{type(e).__name__}: {e}")
-
-    def flush(self, timeout: float = 10.0) -> None:
-        """In actor mode, wait until the exporter has applied what was sent (tests, end of run)."""
-        if self._actor is None:
-            return
-        try:
-            import ray
-
-            ray.get(self._actor.ping.remote(), timeout=timeout)
-        except Exception as e:
-            self._warn_once(f"{type(e).__name__}: {e}")
-
-
-def prometheus_name(name: str) -> str:
-    """The name Prometheus shows for a Ray application metric (Ray prefixes ``ray_``)."""
-    return name if name.startswith("ray_") else "ray_" + name

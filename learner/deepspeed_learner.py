@@ -42,10 +42,10 @@ import torch.distributed as dist
 from transformers import get_scheduler
 
 from learner.grpo import grpo_loss
+from learner.image_codec import decode_image
 from learner.policy import (
     build_inputs,
     completion_logprobs,
-    decode_image,
     exported_parameters,
     load_policy,
     load_processor,
@@ -309,18 +309,13 @@ class GRPOLearner:
 
     def save_checkpoint(self, directory: str, client_state: Optional[dict] = None) -> str:
         """``dir/hf`` (safetensors + config + processor, rank 0) and ``dir/deepspeed`` (engine state). Collective."""
-        from safetensors.torch import save_file
-
         d = Path(directory)
-        sd = self.gather_state_dict()
+        sd = {name: t for name, _, t in self._gathered_params()}  # in-memory names; collective under ZeRO-3
         if self.rank == 0:
             hf = d / "hf"
-            hf.mkdir(parents=True, exist_ok=True)
-            save_file(sd, str(hf / "model.safetensors"), metadata={"format": "pt"})
-            self.engine.module.config.save_pretrained(hf)
-            gen = getattr(self.engine.module, "generation_config", None)
-            if gen is not None:
-                gen.save_pretrained(hf)
+            # Writes model.safetensors under the checkpoint names (model.*, visual.*; a tied head left out),
+            # config.json and generation_config.json: what vLLM and from_pretrained load.
+            self.engine.module.save_pretrained(hf, state_dict=sd)
             self.processor.save_pretrained(hf)
         del sd
         self.engine.save_checkpoint(str(d / "deepspeed"), tag=_DS_TAG,

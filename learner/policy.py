@@ -8,11 +8,11 @@ length this is ~T_c positions instead of the full prompt + completion.
 """
 from __future__ import annotations
 
-import io
 from typing import Optional, Sequence
 
 import torch
 
+from learner.image_codec import decode_image
 from learner.samples import TrainSample
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
@@ -40,12 +40,6 @@ def load_processor(path: str):
     from transformers import AutoProcessor
 
     return AutoProcessor.from_pretrained(path, trust_remote_code=False)
-
-
-def decode_image(png: bytes):
-    from PIL import Image
-
-    return Image.open(io.BytesIO(png)).convert("RGB")
 
 
 def build_inputs(processor, samples: Sequence[TrainSample], pad_id: int) -> dict[str, torch.Tensor]:

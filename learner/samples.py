@@ -1,8 +1,9 @@
 """The batch format the driver sends to the learner: one ``TrainSample`` per completion."""
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
+
+from learner.image_codec import encode_png
 
 # The Qwen2-VL placeholder the prompt must contain exactly once (the processor expands the pad).
 IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
@@ -28,13 +29,6 @@ class TrainSample:
                              f"(found {self.prompt_text.count(IMAGE_PLACEHOLDER)})")
 
 
-def png_bytes(image) -> bytes:
-    """PIL image -> PNG bytes."""
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def dummy_sample(eos_id: int, side: int = 56) -> TrainSample:
     """A minimal valid sample (black image at the processor's minimum size, one completion token).
 
@@ -44,4 +38,4 @@ def dummy_sample(eos_id: int, side: int = 56) -> TrainSample:
     from PIL import Image
 
     prompt = f"<|im_start|>user\n{IMAGE_PLACEHOLDER}.<|im_end|>\n<|im_start|>assistant\n"
-    return TrainSample("__dummy__", prompt, png_bytes(Image.new("RGB", (side, side))), [int(eos_id)], [0.0], 0.0)
+    return TrainSample("__dummy__", prompt, encode_png(Image.new("RGB", (side, side))), [int(eos_id)], [0.0], 0.0)

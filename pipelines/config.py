@@ -8,7 +8,6 @@ refusals into messages that name the key and what would have been valid.
 from __future__ import annotations
 
 import difflib
-import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -16,61 +15,21 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from pipelines.choices import (
+    AdvantageScale,
+    DType,
+    KLEstimator,
+    LossAgg,
+    LRSchedule,
+    OnBadRecord,
+    OptionOrder,
+    Placement,
+    PromptStyle,
+    SyncBackend,
+)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "configs"
-
-
-class PromptStyle(str, enum.Enum):
-    think = "think"
-    nothink = "nothink"
-    think_after = "think_after"
-
-
-class AdvantageScale(str, enum.Enum):
-    group = "group"  # (r - mean_g) / (std_g + eps): GRPO as in the paper
-    batch = "batch"  # (r - mean_g) / (std_batch + eps)
-    none = "none"  # r - mean_g: Dr. GRPO
-
-
-class KLEstimator(str, enum.Enum):
-    k1 = "k1"
-    k2 = "k2"
-    k3 = "k3"
-
-
-class LossAgg(str, enum.Enum):
-    seq_mean_token_mean = "seq_mean_token_mean"  # paper / TRL 0.14
-    token_mean = "token_mean"  # DAPO
-    seq_sum_norm = "seq_sum_norm"  # Dr. GRPO
-
-
-class DType(str, enum.Enum):
-    float32 = "float32"
-    bfloat16 = "bfloat16"
-    float16 = "float16"
-
-
-class SyncBackend(str, enum.Enum):
-    object_store = "object_store"  # CPU path: safetensors bytes through Ray's object store
-    nccl = "nccl"  # GPU path: bucketed NCCL broadcast into vLLM
-
-
-class Placement(str, enum.Enum):
-    PACK = "PACK"
-    SPREAD = "SPREAD"
-    STRICT_PACK = "STRICT_PACK"
-    STRICT_SPREAD = "STRICT_SPREAD"
-
-
-class OptionOrder(str, enum.Enum):
-    shuffled = "shuffled"  # the answer at a balanced random letter, as in Med-R1's data
-    fixed = "fixed"  # options in their category's order (e.g. Grade 0..3)
-    canonical = "canonical"  # every class of the category, in its order: a class always has one letter
-
-
-class OnBadRecord(str, enum.Enum):
-    error = "error"
-    skip = "skip"
 
 
 @dataclass
@@ -195,7 +154,7 @@ class LearnerConfig:
     lr: float = 1e-6
     weight_decay: float = 0.0
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    lr_scheduler: str = "constant"  # constant | cosine | linear
+    lr_scheduler: LRSchedule = LRSchedule.constant
     warmup_ratio: float = 0.0
     micro_batch_size: int = 4
     grad_clip: float = 1.0
@@ -260,7 +219,7 @@ class SFTConfig:
     reasoning: str = "I look at the image and the options."
     epochs: float = 1.0
     lr: float = 2e-5
-    lr_scheduler: str = "cosine"
+    lr_scheduler: LRSchedule = LRSchedule.cosine
     warmup_ratio: float = 0.1
     batch_size: int = 16
     max_records: Optional[int] = None
@@ -385,8 +344,6 @@ def validate(cfg: Any) -> None:
         problems.append("reward.num_workers must be >= 1")
     if cfg.learner.zero_stage not in (0, 1, 2, 3):
         problems.append(f"learner.zero_stage must be one of 0, 1, 2, 3 (got {cfg.learner.zero_stage})")
-    if cfg.learner.lr_scheduler not in ("constant", "cosine", "linear"):
-        problems.append(f"learner.lr_scheduler must be one of constant, cosine, linear (got '{cfg.learner.lr_scheduler}')")
     if cfg.learner.dist_backend not in ("auto", "gloo", "nccl"):
         problems.append(f"learner.dist_backend must be one of auto, gloo, nccl (got '{cfg.learner.dist_backend}')")
     if cfg.data.source not in ("synthetic", "prepared"):
@@ -403,8 +360,6 @@ def validate(cfg: Any) -> None:
         problems.append("weight_sync.backend=nccl needs GPUs: set rollout.resources_per_worker.num_gpus > 0")
     if cfg.sft.target not in ("answer", "format"):
         problems.append(f"sft.target must be one of answer, format (got '{cfg.sft.target}')")
-    if cfg.sft.lr_scheduler not in ("constant", "cosine", "linear"):
-        problems.append(f"sft.lr_scheduler must be one of constant, cosine, linear (got '{cfg.sft.lr_scheduler}')")
     if cfg.rollout.async_mode and cfg.rollout.max_staleness < 1:
         problems.append("rollout.async_mode=true needs rollout.max_staleness >= 1 (batches sampled ahead are at "
                         "least one weight version old)")

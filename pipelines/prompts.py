@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-LETTERS = "ABCDEFGH"
+from pipelines.data.schema import LETTERS
 
 THINK_PROMPT = (
     "{question} Your task: 1. Think through the question step by step, enclose your reasoning process "
@@ -55,6 +55,12 @@ def build_prompt(record: Any, style: str = "think") -> str:
 def build_messages(record: Any, style: str = "think") -> list[dict]:
     """Qwen2-VL chat messages: one user turn, the image placeholder first, then the prompt."""
     return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": build_prompt(record, style)}]}]
+
+
+def chat_prompt(tokenizer: Any, record: Any, style: str = "think") -> str:
+    """The prompt text for ``record``: its messages in ``style`` through the tokenizer's (or
+    processor's) chat template, ending with the assistant turn's opening."""
+    return tokenizer.apply_chat_template(build_messages(record, style), tokenize=False, add_generation_prompt=True)
 
 
 def completion_template(record: Any, style: str = "think", reasoning: str = "") -> str:

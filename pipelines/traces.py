@@ -11,6 +11,9 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from pipelines.prompts import format_question
+from rewards import extract_eval_answer
+
 # Stable columns (other tools read them). Reward components are a JSON object
 # so that user-registered rewards need no schema change.
 TRACE_COLUMNS = {
@@ -39,6 +42,27 @@ TRACE_COLUMNS = {
     "advantage": "float64",
     "worker": "int64",
 }
+
+
+def trace_row(record, completion: dict[str, Any], *, kind: str, run: str, model: str, step: int,
+              weight_version: int, worker: int, image_sha256: str, correct: bool, format_ok: bool,
+              sample_index: int = 0, reward: Optional[float] = None,
+              reward_components: Optional[dict[str, float]] = None, advantage: Optional[float] = None) -> dict:
+    """One trace row (the columns of ``TRACE_COLUMNS``) for ``completion`` (``{"text", "token_ids",
+    "finish_reason"}``) of ``record``. Training rows carry the reward, its components and the
+    advantage; evaluation rows leave them ``None`` (written as NaN / "")."""
+    text = completion["text"]
+    return {
+        "run": run, "kind": kind, "step": int(step), "weight_version": int(weight_version), "model": model,
+        "prompt_id": record.id, "sample_index": int(sample_index), "image_sha256": image_sha256,
+        "image_path": record.image_path or (record.image if isinstance(record.image, str) else ""),
+        "modality": record.modality, "question_type": record.question_type, "source": record.source,
+        "prompt": format_question(record), "answer": record.answer, "completion": text,
+        "completion_tokens": len(completion.get("token_ids") or []),
+        "finish_reason": str(completion.get("finish_reason", "")),
+        "predicted": extract_eval_answer(text) or "", "correct": bool(correct), "format_ok": bool(format_ok),
+        "reward": reward, "reward_components": reward_components, "advantage": advantage, "worker": int(worker),
+    }
 
 
 def _schema():

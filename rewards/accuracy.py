@@ -43,7 +43,7 @@ from rewards.format import ANSWER_CLOSE, ANSWER_OPEN
 # Reference for tests/bench only: the paper's extraction regex.
 STRICT_ANSWER_PATTERN = re.compile(r"<answer>(.*?)</answer>")
 
-CHOICE_LETTERS = "ABCDEFGH"
+CHOICE_LETTERS = "ABCDEFGH"  # the answer letters; pipelines read them as pipelines.data.schema.LETTERS
 
 
 def extract_answer_strict(text: str) -> str | None:

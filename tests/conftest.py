@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from learner.image_codec import encode_png
+
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -24,6 +26,15 @@ def tiny_dims(**overrides):
     for k, v in overrides.items():
         cfg[k] = v
     return cfg
+
+
+def noise_png(seed: int, size: tuple[int, int] = (112, 112)) -> bytes:
+    """A random RGB image of ``size`` (width, height) as PNG bytes; the same bytes for the same seed."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.RandomState(seed).rand(size[1], size[0], 3) * 255
+    return encode_png(Image.fromarray(pixels.astype("uint8")))
 
 
 @pytest.fixture(scope="session")

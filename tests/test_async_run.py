@@ -39,8 +39,7 @@ def test_async_run_resume_and_learner_failure(tmp_path, ray_session):
 
     from pipelines.data.cursor import DataCursor
     from pipelines.errors import RunStopped
-    from pipelines.training.grpo_loop import run_training
-    from pipelines.training.grpo_loop import GRPOTrainer
+    from pipelines.training.grpo_loop import GRPOTrainer, run_training
 
     full = tmp_path / "full"
     cfg = _cfg(tmp_path, full)
@@ -49,6 +48,7 @@ def test_async_run_resume_and_learner_failure(tmp_path, ray_session):
     rows = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert [r["weight_version_lag"] for r in rows] == [0, 1, 1], "batches after the first are one version behind"
+    assert [r["queue_depth"] for r in rows] == [1, 1, 0], "one batch samples ahead, none after the last step"
     assert [r["weight_version"] for r in rows] == [1, 2, 3]
 
     steps = _batches(full)
@@ -74,6 +74,7 @@ def test_async_run_resume_and_learner_failure(tmp_path, ray_session):
         rows = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
         assert [r["weight_version"] for r in rows] == [2, 3]
         assert [r["weight_version_lag"] for r in rows] == [0, 0], "colocated mode is on policy"
+        assert [r["queue_depth"] for r in rows] == [0, 0], "sync mode samples nothing ahead"
         assert all("sleep_seconds" in r and "wake_seconds" in r and "push_seconds" in r for r in rows)
         workers = trainer.ctx.rollout.workers
         assert not any(ray.get([w.is_sleeping.remote() for w in workers])), "engines must be awake between steps"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,15 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from cluster.ray_utils import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 
-
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class _Where:
@@ -44,13 +38,19 @@ def scenario() -> dict:
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     from cluster.connect import connect
-    from cluster.resources import (InsufficientResources, ResourcePlan, RoleSpec, check_plan,
-                                   create_placement_groups, node_resources)
+    from cluster.resources import (
+        InsufficientResources,
+        ResourcePlan,
+        RoleSpec,
+        check_plan,
+        create_placement_groups,
+        node_resources,
+    )
 
     temp_dir = os.path.join(os.environ["RAY_TMPDIR"], "ray")
     os.makedirs(temp_dir, exist_ok=True)
     cluster = Cluster(initialize_head=True, head_node_args=dict(
-        num_cpus=2, resources={"rollout_node": 1}, include_dashboard=False, gcs_server_port=_free_port(),
+        num_cpus=2, resources={"rollout_node": 1}, include_dashboard=False, gcs_server_port=free_port(),
         temp_dir=temp_dir))
     cluster.add_node(num_cpus=2, resources={"learner_node": 1})
     cluster.wait_for_nodes()

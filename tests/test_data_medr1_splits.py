@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipelines.data.medr1_splits import (domain_of, load_medr1_file, parse_problem, prepare_medr1_splits,
-                                         split_of)
+from pipelines.data.medr1_splits import domain_of, load_medr1_file, parse_problem, prepare_medr1_splits, split_of
 from pipelines.data.schema import LETTERS
 from pipelines.data.store import load_prepared, read_manifest
 from pipelines.errors import BadRecordError, UserError

@@ -2,8 +2,15 @@ import logging
 
 import pytest
 
-from pipelines.data.schema import (MODALITIES, QUESTION_TYPES, VQARecord, handle_bad_record, normalize_modality,
-                                   normalize_question_type, try_normalize_modality)
+from pipelines.data.schema import (
+    MODALITIES,
+    QUESTION_TYPES,
+    VQARecord,
+    handle_bad_record,
+    normalize_modality,
+    normalize_question_type,
+    try_normalize_modality,
+)
 from pipelines.errors import BadRecordError
 
 

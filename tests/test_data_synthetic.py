@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from pipelines.data.schema import LETTERS, MODALITIES, QUESTION_TYPES
-from pipelines.data.synthetic import EXTRA_DISTRACTORS, SPECS, TEMPLATES, build_cell, build_synthetic
 from pipelines.data.store import load_prepared, read_manifest
+from pipelines.data.synthetic import EXTRA_DISTRACTORS, SPECS, TEMPLATES, build_cell, build_synthetic
 
 
 @pytest.fixture(scope="module")

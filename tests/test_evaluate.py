@@ -107,8 +107,8 @@ def test_evaluate_records_matches_traces(rollout_worker, tiny_model_dir, prepare
 
 @pytest.mark.slow
 def test_evaluate_cli_writes_outputs(rollout_worker, tiny_model_dir, prepared_dir, tmp_path, capsys):
-    from pipelines.cli.main import build_parser
     from pipelines.cli.evaluate import run
+    from pipelines.cli.main import build_parser
     from pipelines.evaluation.accuracy import accuracy_table
     from pipelines.traces import read_traces
 

@@ -1,21 +1,15 @@
 """The DeepSpeed GRPO learner on one rank (gloo, world of 1, in this process)."""
 from __future__ import annotations
 
-import io
 import os
-import socket
 
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import TEST_MAX_PIXELS, tiny_dims
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from cluster.ray_utils import free_port
+from learner.image_codec import decode_image
+from tests.conftest import TEST_MAX_PIXELS, noise_png, tiny_dims
 
 
 @pytest.fixture(scope="module")
@@ -39,18 +33,9 @@ def one_thread():
 @pytest.fixture(scope="module")
 def dist_env():
     if "RANK" not in os.environ or os.environ.get("WORLD_SIZE") != "1":
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1",
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1",
                           LOCAL_RANK="0")
     yield
-
-
-def _png(seed: int, size=(112, 112)) -> bytes:
-    from PIL import Image
-
-    rng = np.random.RandomState(seed)
-    buf = io.BytesIO()
-    Image.fromarray((rng.rand(size[1], size[0], 3) * 255).astype("uint8")).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _prompt(processor, question: str) -> str:
@@ -73,7 +58,7 @@ def make_samples(processor, n: int, seed: int = 0, min_len: int = 3, max_len: in
         ids = torch.randint(20, min(len(processor.tokenizer) - 20, 1500), (length - 1,), generator=g).tolist() + [eos]
         a = float(adv[i]) if adv is not None else float(torch.randn((), generator=g))
         out.append(TrainSample(f"p{i // 4}#{i % 4}", _prompt(processor, QUESTIONS[i % 3]),
-                               _png(seed * 100 + i // 4, size=(112, 112) if i % 2 == 0 else (84, 56)), ids,
+                               noise_png(seed * 100 + i // 4, size=(112, 112) if i % 2 == 0 else (84, 56)), ids,
                                [-7.5] * length, a))
     return out
 
@@ -107,7 +92,7 @@ def weights(learner) -> dict[str, torch.Tensor]:
 
 
 def test_build_inputs_completion_mask(model_dir):
-    from learner.policy import build_inputs, decode_image, load_processor
+    from learner.policy import build_inputs, load_processor
 
     proc = load_processor(str(model_dir))
     samples = make_samples(proc, 3)

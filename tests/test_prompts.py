@@ -3,8 +3,14 @@ import re
 import pytest
 
 from pipelines.data.schema import VQARecord
-from pipelines.prompts import (EVAL_STYLE, PROMPT_STYLES, build_messages, build_prompt, completion_template,
-                               format_question)
+from pipelines.prompts import (
+    EVAL_STYLE,
+    PROMPT_STYLES,
+    build_messages,
+    build_prompt,
+    completion_template,
+    format_question,
+)
 
 REC = VQARecord(id="r1", image=b"", question="What imaging modality is this?", options=["X-ray", "MRI", "CT"],
                 answer="C", modality="CT", question_type="modality recognition", source="t")

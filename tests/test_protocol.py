@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.data.schema import MODALITIES, QUESTION_TYPES
 from pipelines.protocol import matrix as M
 from pipelines.protocol import run as P
-from pipelines.data.schema import MODALITIES, QUESTION_TYPES
 
 
 def _fake_eval_factory(calls: list, dim: str, domains: list[str], per_domain: int = 10):

@@ -17,12 +17,10 @@ def test_killed_rollout_actor_is_restarted_and_its_prompts_reissued(tiny_model_d
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
-    from actors.rollout import create_rollout_workers, wait_ready
+    from actors.rollout import RolloutPool, create_rollout_workers, wait_ready
     from actors.vllm_engine import cpu_engine_env
-    from pipelines.prompts import build_messages
-    from actors.rollout import RolloutPool
-    from tests.conftest import REPO, TEST_MAX_PIXELS
-    from tests.test_weight_push import _png
+    from pipelines.prompts import chat_prompt
+    from tests.conftest import REPO, TEST_MAX_PIXELS, noise_png
 
     ray = ray_session
     engine_kwargs = dict(model_path=str(tiny_model_dir), max_model_len=1024, kv_cache_memory_bytes=64 << 20,
@@ -43,9 +41,8 @@ def test_killed_rollout_actor_is_restarted_and_its_prompts_reissued(tiny_model_d
 
         pool = RolloutPool(workers, on_restart=catch_up)
         tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-        prompt = tok.apply_chat_template(build_messages({"question": "Which organ?", "options": ["Brain", "Lung"]}),
-                                         tokenize=False, add_generation_prompt=True)
-        prompts = [{"id": f"p{i}", "prompt": prompt, "image": _png(i)} for i in range(8)]
+        prompt = chat_prompt(tok, {"question": "Which organ?", "options": ["Brain", "Lung"]})
+        prompts = [{"id": f"p{i}", "prompt": prompt, "image": noise_png(i)} for i in range(8)]
 
         # SIGKILL rollout-0's process while the rollout is running.
         timer = threading.Timer(1.0, lambda: os.kill(victim_pid, signal.SIGKILL))

@@ -3,23 +3,13 @@ greedy continuation in transformers and in vLLM."""
 from __future__ import annotations
 
 import hashlib
-import io
 
-import numpy as np
 import pytest
 
-from tests.conftest import TEST_MAX_PIXELS, tiny_dims
+from learner.image_codec import decode_image
+from tests.conftest import TEST_MAX_PIXELS, noise_png, tiny_dims
 
 QUESTION = "What imaging modality is shown? A)CT, B)MRI, C)X-ray, D)OCT"
-
-
-def _image_png(seed: int = 0) -> bytes:
-    from PIL import Image
-
-    rng = np.random.RandomState(seed)
-    buf = io.BytesIO()
-    Image.fromarray((rng.rand(112, 112, 3) * 255).astype("uint8")).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _messages(text: str):
@@ -50,9 +40,7 @@ def test_chat_template_round_trips_prompt(tiny_model_dir):
     ids = proc.tokenizer(text, add_special_tokens=False)["input_ids"]
     assert proc.tokenizer.decode(ids) == text
     # The processor expands the single image pad into one token per merged patch.
-    from PIL import Image
-
-    inputs = proc(text=[text], images=[Image.open(io.BytesIO(_image_png()))], return_tensors="pt")
+    inputs = proc(text=[text], images=[decode_image(noise_png(0))], return_tensors="pt")
     n_pad = int((inputs["input_ids"] == proc.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum())
     t, h, w = inputs["image_grid_thw"][0].tolist()
     assert n_pad == t * h * w // 4 == 16  # 112x112 px, 14 px patches, 2x2 merge
@@ -82,14 +70,13 @@ def test_head_dim_must_be_64(tmp_path):
 @pytest.mark.slow
 def test_vllm_and_transformers_agree_on_greedy(tiny_model_dir, rollout_worker, ray_session):
     import torch
-    from PIL import Image
     from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
 
     proc = AutoProcessor.from_pretrained(tiny_model_dir)
     model = Qwen2VLForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     text = proc.apply_chat_template(_messages(QUESTION), add_generation_prompt=True, tokenize=False)
-    png = _image_png(1)
-    inputs = proc(text=[text], images=[Image.open(io.BytesIO(png)).convert("RGB")], return_tensors="pt")
+    png = noise_png(1)
+    inputs = proc(text=[text], images=[decode_image(png)], return_tensors="pt")
     with torch.no_grad():
         hf = model.generate(**inputs, max_new_tokens=8, do_sample=False)[0, inputs["input_ids"].shape[1]:].tolist()
 
@@ -111,7 +98,7 @@ def test_a_seeded_rollout_larger_than_one_prefill_chunk_runs_as_one_batch(tiny_m
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    prompts = [{"id": f"p{i}", "image": _image_png(i % 3), "seed": 1000 + i,
+    prompts = [{"id": f"p{i}", "image": noise_png(i % 3), "seed": 1000 + i,
                 "prompt": tok.apply_chat_template(_messages(f"{QUESTION} Case {i}."), add_generation_prompt=True,
                                                   tokenize=False)} for i in range(64)]
     out = ray_session.get(rollout_worker.generate.remote(prompts, {"n": 4, "temperature": 1.0, "max_tokens": 4}))

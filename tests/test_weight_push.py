@@ -3,21 +3,14 @@ vLLM's greedy continuation equals the learner's own HF greedy continuation, and
 differs from what the engine produced before the push."""
 from __future__ import annotations
 
-import io
 import os
 
 import numpy as np
 import pytest
 
+from tests.conftest import noise_png
+
 pytestmark = pytest.mark.slow
-
-
-def _png(seed: int) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray((np.random.RandomState(seed).rand(112, 112, 3) * 255).astype("uint8")).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def test_push_makes_vllm_match_learner(tiny_model_dir, rollout_worker, ray_session):
@@ -28,7 +21,7 @@ def test_push_makes_vllm_match_learner(tiny_model_dir, rollout_worker, ray_sessi
     from actors.weight_sync import make_weight_sync
     from learner.samples import TrainSample
     from pipelines.config import MedR1Config
-    from pipelines.prompts import build_messages
+    from pipelines.prompts import chat_prompt
 
     ray = ray_session
     cfg = OmegaConf.structured(MedR1Config)
@@ -37,8 +30,8 @@ def test_push_makes_vllm_match_learner(tiny_model_dir, rollout_worker, ray_sessi
     cfg.grpo.beta = 0.0
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     rec = {"question": "Which organ is shown?", "options": ["Brain", "Lung", "Liver", "Kidney"]}
-    prompt = tok.apply_chat_template(build_messages(rec), tokenize=False, add_generation_prompt=True)
-    probe = {"id": "probe", "prompt": prompt, "image": _png(7)}
+    prompt = chat_prompt(tok, rec)
+    probe = {"id": "probe", "prompt": prompt, "image": noise_png(7)}
     greedy = {"n": 1, "temperature": 0.0, "max_tokens": 8, "logprobs": False}
 
     def vllm_greedy() -> list[int]:
@@ -50,12 +43,12 @@ def test_push_makes_vllm_match_learner(tiny_model_dir, rollout_worker, ray_sessi
 
     # Sampled completions with alternating advantages: a real, non-zero policy gradient.
     out = ray.get(rollout_worker.generate.remote(
-        [{"id": f"p{i}", "prompt": prompt, "image": _png(i)} for i in range(4)],
+        [{"id": f"p{i}", "prompt": prompt, "image": noise_png(i)} for i in range(4)],
         {"n": 4, "temperature": 1.0, "max_tokens": 8, "seed": 1}))
     samples = []
     for r in out["results"]:
         for k, c in enumerate(r["completions"]):
-            samples.append(TrainSample(f"{r['prompt_id']}#{k}", prompt, _png(int(r["prompt_id"][1:])),
+            samples.append(TrainSample(f"{r['prompt_id']}#{k}", prompt, noise_png(int(r["prompt_id"][1:])),
                                        c["token_ids"], c["logprobs"], 1.0 if k % 2 == 0 else -1.0))
     env = {"OMP_NUM_THREADS": str(os.cpu_count() or 1)}
     group = LearnerGroup(str(tiny_model_dir), cfg.learner, cfg.grpo, total_steps=3, samples_per_step=len(samples),

@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import argparse
-import io
 import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from learner.image_codec import encode_png, read_image_bytes
 from pipelines.errors import UserError
-from pipelines.prompts import build_messages
+from pipelines.prompts import chat_prompt
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,9 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _default_image() -> bytes:
     yy, xx = np.mgrid[0:112, 0:112]
     ring = (np.abs(np.hypot(yy - 56, xx - 56) - 40) < 4) * 200 + 40
-    buf = io.BytesIO()
-    Image.fromarray(ring.astype("uint8")).convert("RGB").save(buf, format="PNG")
-    return buf.getvalue()
+    return encode_png(Image.fromarray(ring.astype("uint8")).convert("RGB"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,19 +39,17 @@ def run(args: argparse.Namespace) -> int:
     from actors.vllm_engine import RolloutEngine, cpu_engine_env
 
     if args.image:
-        path = Path(args.image)
-        if not path.is_file():
-            raise UserError(f"image file not found: {path}")
-        image = path.read_bytes()
+        try:
+            image = read_image_bytes(Path(args.image))
+        except ValueError as e:
+            raise UserError(str(e)) from None
     else:
         image = _default_image()
     for k, v in cpu_engine_env().items():
         os.environ.setdefault(k, v)
     engine = RolloutEngine(args.model, max_model_len=2048, kv_cache_memory_bytes=256 << 20,
                            max_pixels=args.max_pixels, seed=args.seed)
-    prompt = engine.tokenizer.apply_chat_template(build_messages({"question": args.question, "options": args.options}, args.style),
-                                                  tokenize=False,
-                                                  add_generation_prompt=True)
+    prompt = chat_prompt(engine.tokenizer, {"question": args.question, "options": args.options}, args.style)
     [result] = engine.generate([{"id": "q", "prompt": prompt, "image": image}], n=args.n,
                                temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed)
     if result.error:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import shlex
 
-from pipelines.config import OnBadRecord, OptionOrder
+from pipelines.choices import OnBadRecord, OptionOrder
 from pipelines.errors import UserError
 
 ON_BAD = [o.value for o in OnBadRecord]

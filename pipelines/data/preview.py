@@ -2,10 +2,10 @@
 titled with the (shortened) question, options and answer."""
 from __future__ import annotations
 
-import io
 import textwrap
 from collections import defaultdict
 
+from learner.image_codec import decode_image
 from pipelines.data.schema import LETTERS, MODALITIES, VQARecord
 
 
@@ -24,7 +24,6 @@ def write_preview(records: list[VQARecord], path: str, per_row: int = 6) -> str:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from PIL import Image
 
     by_mod: dict[str, dict[str, list[VQARecord]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
@@ -48,7 +47,7 @@ def write_preview(records: list[VQARecord], path: str, per_row: int = 6) -> str:
         for ci, rec in enumerate(picked):
             ax = axes[ri][ci]
             if isinstance(rec.image, (bytes, bytearray)) and rec.image:
-                ax.imshow(Image.open(io.BytesIO(rec.image)).convert("RGB"))
+                ax.imshow(decode_image(rec.image))
             else:
                 ax.text(0.5, 0.5, "image missing", ha="center", va="center", fontsize=8)
             ax.set_title(_title(rec), fontsize=6.5, loc="left")

@@ -12,6 +12,7 @@ import re
 from dataclasses import asdict, dataclass
 
 from pipelines.errors import BadRecordError
+from rewards.accuracy import CHOICE_LETTERS as LETTERS  # the answer letters A-H, defined once in rewards
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,6 @@ QUESTION_TYPES = (
     "lesion grading",
     "other biological attributes",
 )
-LETTERS = "ABCDEFGH"
 UNKNOWN = "unknown"
 MIN_OPTIONS, MAX_OPTIONS = 2, 8
 ON_BAD_RECORD = ("error", "skip")
@@ -64,34 +64,36 @@ def _candidates(name: str) -> list[str]:
     return [k for k in keys if k]
 
 
-def try_normalize_modality(name: str) -> str | None:
+def _lookup(name: str, by_key: dict[str, str]) -> str | None:
     for k in _candidates(name):
-        if k in _MODALITY_BY_KEY:
-            return _MODALITY_BY_KEY[k]
+        if k in by_key:
+            return by_key[k]
     return None
+
+
+def _normalize(name: str, by_key: dict[str, str], what: str, known: tuple[str, ...]) -> str:
+    found = _lookup(name, by_key)
+    if found is None:
+        raise ValueError(f"unknown {what} {name!r}; known: {', '.join(known)}")
+    return found
+
+
+def try_normalize_modality(name: str) -> str | None:
+    return _lookup(name, _MODALITY_BY_KEY)
 
 
 def normalize_modality(name: str) -> str:
     """Canonical modality name for an alias ('X-Ray', 'MR', 'CT(Computed Tomography)', ...)."""
-    found = try_normalize_modality(name)
-    if found is None:
-        raise ValueError(f"unknown modality {name!r}; known: {', '.join(MODALITIES)}")
-    return found
+    return _normalize(name, _MODALITY_BY_KEY, "modality", MODALITIES)
 
 
 def try_normalize_question_type(name: str) -> str | None:
-    for k in _candidates(name):
-        if k in _QTYPE_BY_KEY:
-            return _QTYPE_BY_KEY[k]
-    return None
+    return _lookup(name, _QTYPE_BY_KEY)
 
 
 def normalize_question_type(name: str) -> str:
     """Canonical question type for an alias ('Lesion Grading', 'lesion_grading', ...)."""
-    found = try_normalize_question_type(name)
-    if found is None:
-        raise ValueError(f"unknown question type {name!r}; known: {', '.join(QUESTION_TYPES)}")
-    return found
+    return _normalize(name, _QTYPE_BY_KEY, "question type", QUESTION_TYPES)
 
 
 @dataclass

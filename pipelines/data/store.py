@@ -6,12 +6,12 @@ Readable by pyarrow and by ``datasets.Dataset.from_parquet``.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 from collections import Counter
 from pathlib import Path
 
+from learner.image_codec import is_png, read_image_bytes, to_png
 from pipelines.data.schema import LETTERS, VQARecord
 from pipelines.errors import BadRecordError, UserError
 
@@ -19,7 +19,6 @@ MANIFEST = "manifest.json"
 SPLITS = ("train", "test")
 COLUMNS = ("id", "image", "image_path", "image_sha256", "question", "options", "answer",
            "modality", "question_type", "source")
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _schema():
@@ -36,29 +35,21 @@ def _schema():
 def to_png_bytes(data_or_path: bytes | str | os.PathLike, source: str = "", index: int | str = "") -> bytes:
     """PNG bytes of an image given as bytes or a path: PNG input is kept as is (after
     checking it decodes), other formats are converted. Problems -> BadRecordError."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     where = source or str(data_or_path)[:200]
     if isinstance(data_or_path, (bytes, bytearray)):
         data = bytes(data_or_path)
     else:
         path = Path(data_or_path)
-        if not path.is_file():
-            raise BadRecordError(where, index, f"image file not found: {path}")
         try:
-            data = path.read_bytes()
+            data = read_image_bytes(path)
+        except ValueError as e:  # not a file
+            raise BadRecordError(where, index, str(e)) from None
         except OSError as e:
             raise BadRecordError(where, index, f"cannot read image {path}: {e}") from e
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            if data.startswith(PNG_MAGIC):
-                return data
-            if im.mode not in ("L", "RGB", "RGBA", "LA"):
-                im = im.convert("RGB")
-            buf = io.BytesIO()
-            im.save(buf, format="PNG")
-            return buf.getvalue()
+        return to_png(data)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         name = "" if isinstance(data_or_path, (bytes, bytearray)) else f" {data_or_path}"
         raise BadRecordError(where, index, f"unreadable image{name}: {e}") from e
@@ -67,7 +58,7 @@ def to_png_bytes(data_or_path: bytes | str | os.PathLike, source: str = "", inde
 def _image_bytes(rec: VQARecord) -> bytes:
     if isinstance(rec.image, (bytes, bytearray)):
         data = bytes(rec.image)
-        return data if not data or data.startswith(PNG_MAGIC) else to_png_bytes(data, rec.id)
+        return data if not data or is_png(data) else to_png_bytes(data, rec.id)
     return to_png_bytes(rec.image, rec.id)
 
 

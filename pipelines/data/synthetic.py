@@ -10,14 +10,14 @@ images and records.
 """
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-from pipelines.config import OptionOrder
+from learner.image_codec import encode_png
+from pipelines.choices import OptionOrder
 from pipelines.data.preview import write_preview
 from pipelines.data.schema import LETTERS, MODALITIES, QUESTION_TYPES, VQARecord
 from pipelines.data.store import write_prepared
@@ -197,12 +197,6 @@ def _classes(spec: ModalitySpec, qtype: str) -> tuple[str, ...]:
             "lesion grading": spec.grades, "other biological attributes": spec.attr_labels}[qtype]
 
 
-def _png(img) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 OPTION_ORDERS = tuple(o.value for o in OptionOrder)
 
 
@@ -244,7 +238,7 @@ def build_cell(modality: str, qtype: str, n: int, seed: int, image_size: int,
         pos = options.index(label)
         question = templates[int(rng.integers(len(templates)))].format(mod=spec.word)
         img = spec.draw(rng, image_size, _scene(spec, qtype, label, rng))
-        rec = VQARecord(id=f"syn-{spec.code}-{QCODES[qtype]}-{i:04d}", image=_png(img), question=question,
+        rec = VQARecord(id=f"syn-{spec.code}-{QCODES[qtype]}-{i:04d}", image=encode_png(img), question=question,
                         options=options, answer=LETTERS[pos], modality=modality, question_type=qtype,
                         source="synthetic", image_path=f"synthetic/{spec.code}/{QCODES[qtype]}/{i:04d}.png")
         out.append(rec.validate())

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from actors.sharding import contiguous_shards
+from cluster.ray_utils import kill_quietly
+from learner.image_codec import read_image_bytes
 from pipelines.config import REPO_ROOT, load_config
 from pipelines.data.store import load_prepared
 from pipelines.errors import UserError
@@ -25,8 +27,8 @@ from pipelines.evaluation.accuracy import score_completion, summarize, worst_exa
 from pipelines.evaluation.report import plot_accuracy_bars, print_eval_table
 from pipelines.launch import connect_ray, start_eval_workers
 from pipelines.models.tiny import is_model_dir
-from pipelines.prompts import build_messages, format_question
-from pipelines.traces import TraceWriter
+from pipelines.prompts import chat_prompt
+from pipelines.traces import TraceWriter, trace_row
 
 log = logging.getLogger(__name__)
 
@@ -144,11 +146,7 @@ def evaluate_model(model: str, data: str, *, split: str = "test", out: Optional[
             weight_version=weight_version, step=-1, model=model, run=run_name or out.name, progress=progress)
     finally:
         if started_workers:
-            for w in workers or []:
-                try:
-                    ray.kill(w)
-                except Exception:
-                    pass
+            kill_quietly(workers or [])
         if started_ray:
             ray.shutdown()
     metrics = summarize(rows, skipped, seconds)
@@ -165,20 +163,6 @@ def evaluate_model(model: str, data: str, *, split: str = "test", out: Optional[
 
 
 # --------------------------------------------------------------------------- payloads
-def _image_bytes(record) -> bytes:
-    img = record.image
-    if isinstance(img, (bytes, bytearray)):
-        if not img:
-            raise ValueError("image missing (empty)")
-        return bytes(img)
-    if isinstance(img, str) and img:
-        p = Path(img)
-        if not p.is_file():
-            raise ValueError(f"image file not found: {img}")
-        return p.read_bytes()
-    raise ValueError("image missing")
-
-
 def build_payloads(records: list, tokenizer, prompt_style: str = "think"):
     """(payloads, skipped): a vLLM request per usable record, a reason per unusable one.
 
@@ -186,12 +170,13 @@ def build_payloads(records: list, tokenizer, prompt_style: str = "think"):
     payloads, skipped = [], []
     for i, rec in enumerate(records):
         try:
-            image = _image_bytes(rec)
+            if isinstance(rec.image, (bytes, bytearray)) and not rec.image:
+                raise ValueError("image missing (empty)")
+            image = read_image_bytes(rec.image)
         except (ValueError, OSError) as e:
             skipped.append({"prompt_id": rec.id, "image_path": rec.image_path or "", "reason": str(e)})
             continue
-        text = tokenizer.apply_chat_template(build_messages(rec, prompt_style), tokenize=False,
-                                             add_generation_prompt=True)
+        text = chat_prompt(tokenizer, rec, prompt_style)
         payloads.append({"id": rec.id, "prompt": text, "image": image, "_index": i,
                          "_sha256": hashlib.sha256(image).hexdigest()})
     return payloads, skipped
@@ -238,20 +223,11 @@ def generate_eval_rows(workers: list, records: list, *, tokenizer, max_new_token
                                         "reason": res.get("error") or "no completion returned"})
                         continue
                     c = comps[0]
-                    text = c["text"]
-                    rows_by_index[p["_index"]] = {
-                        "run": run, "kind": "eval", "step": int(step),
-                        "weight_version": int(out.get("weight_version", weight_version)),
-                        "model": model, "prompt_id": rec.id, "sample_index": 0, "image_sha256": p["_sha256"],
-                        "image_path": rec.image_path or (rec.image if isinstance(rec.image, str) else ""),
-                        "modality": rec.modality, "question_type": rec.question_type, "source": rec.source,
-                        "prompt": format_question(rec), "answer": rec.answer, "completion": text,
-                        "completion_tokens": len(c.get("token_ids") or []),
-                        "finish_reason": str(c.get("finish_reason", "")),
-                        **score_completion(text, rec.answer, prompt_style),
-                        "reward": None, "reward_components": None, "advantage": None,
-                        "worker": int(out.get("worker", -1)),
-                    }
+                    scored = score_completion(c["text"], rec.answer, prompt_style)
+                    rows_by_index[p["_index"]] = trace_row(
+                        rec, c, kind="eval", run=run, model=model, step=step,
+                        weight_version=out.get("weight_version", weight_version), worker=out.get("worker", -1),
+                        image_sha256=p["_sha256"], correct=scored["correct"], format_ok=scored["format_ok"])
                 bar.update(len(chunk))
     finally:
         bar.close()

@@ -12,6 +12,8 @@ import json
 import logging
 from pathlib import Path
 
+from pipelines.data.schema import LETTERS
+
 log = logging.getLogger(__name__)
 
 # Qwen2-VL's special tokens, in the order the real tokenizer numbers them.
@@ -98,7 +100,7 @@ def _training_corpus() -> list[str]:
     for i in range(len(words)):
         lines.append(" ".join(words[i : i + 6]))
         lines.append(" ".join(w.capitalize() for w in words[i : i + 3]))
-    for letter in "ABCDEFGH":
+    for letter in LETTERS:
         lines.append(f"{letter}) {letter}. ({letter}) <answer>{letter}</answer> <answer> {letter} </answer>")
     return lines
 

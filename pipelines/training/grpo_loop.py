@@ -29,7 +29,7 @@ from pipelines.errors import RunStopped
 from pipelines.evaluation.accuracy import FORMAT_REWARD
 from pipelines.evaluation.evaluate import evaluate_records, select_records
 from pipelines.traces import TraceWriter
-from pipelines.training.metrics import MetricsLog, plot_reward_curve
+from pipelines.training.metrics import MetricsLog, plot_reward_curve, timer
 from pipelines.training.run_setup import RunContext, start_run
 from rewards import get_reward
 
@@ -45,6 +45,17 @@ class _InFlight:
     prompts: list[dict]
     job: Any  # pipelines.rollout.PendingRollout
     cursor_before: dict  # data cursor before this batch was drawn: what a checkpoint must store
+
+
+@dataclass
+class SampledPrompt:
+    """One prompt of a step's batch after sampling: its G completions and where they came from."""
+
+    record: Any  # pipelines.data.schema.VQARecord
+    payload: dict  # the rollout request: {"id", "prompt", "image"}
+    result: dict  # the rollout result: {"completions", "error", ...}
+    version: int  # weight version it was sampled with
+    worker: int  # the rollout actor that sampled it
 
 
 class GRPOTrainer:
@@ -127,30 +138,30 @@ class GRPOTrainer:
         item = self._inflight.popleft()
         assert item.step == self.step, (item.step, self.step)
         batch, prompts = item.batch, item.prompts
-        t = time.perf_counter()
-        outcome = ctx.rollout.collect(item.job)
-        timings["time_rollout"] = time.perf_counter() - t  # async: only the wait, the rest overlapped
+        with timer(timings, "time_rollout"):  # async: only the wait, the rest overlapped
+            outcome = ctx.rollout.collect(item.job)
         if c.rollout.async_mode:
             # Queue the next batches now: they sample while this one is scored and learned from.
             for nxt in range(self.step + 1 + len(self._inflight), min(self.step + 1 + c.rollout.max_staleness,
                                                                         self.total_steps())):
                 self._launch(nxt)
+        queue_depth = len(self._inflight)  # batches sampling ahead of this step (always 0 in sync mode)
 
         # Prompts whose image failed preprocessing are skipped and counted; the step goes on.
-        kept = [(r, p, res, v, w) for r, p, res, v, w in zip(batch, prompts, outcome.results, outcome.versions,
-                                                              outcome.workers) if not res["error"]]
-        skipped = [(r.id, res["error"]) for r, res in zip(batch, outcome.results) if res["error"]]
+        sampled = [SampledPrompt(record=r, payload=p, result=res, version=v, worker=w) for r, p, res, v, w
+                   in zip(batch, prompts, outcome.results, outcome.versions, outcome.workers)]
+        kept = [sp for sp in sampled if not sp.result["error"]]
+        skipped = [(sp.record.id, sp.result["error"]) for sp in sampled if sp.result["error"]]
         for rid, err in skipped:
             log.warning("step %d: prompt %s skipped: %s", self.step, rid, err)
 
         texts, answers = [], []
-        for r, _, res, _, _ in kept:
-            for comp in res["completions"]:
+        for sp in kept:
+            for comp in sp.result["completions"]:
                 texts.append(comp["text"])
-                answers.append(r.answer)
-        t = time.perf_counter()
-        scores = ctx.score(texts, answers)
-        timings["time_reward"] = time.perf_counter() - t
+                answers.append(sp.record.answer)
+        with timer(timings, "time_reward"):
+            scores = ctx.score(texts, answers)
 
         rewards = torch.tensor([s["total"] for s in scores], dtype=torch.float32)
         m: dict[str, Any] = {"weight_version": self.weight_version, "prompts": len(kept),
@@ -161,15 +172,15 @@ class GRPOTrainer:
         live_groups = ~dead_group_mask(rewards, G)
         samples, trace_rows = [], []
         k = 0
-        for gi, (r, p, res, version, worker) in enumerate(kept):
-            for si, comp in enumerate(res["completions"]):
+        for gi, sp in enumerate(kept):
+            for si, comp in enumerate(sp.result["completions"]):
                 s = scores[k]
                 if not c.grpo.filter_dead_groups or bool(live_groups[gi]):
-                    samples.append(TrainSample(sample_id=f"{r.id}#{si}", prompt_text=p["prompt"], image=p["image"],
-                                               completion_ids=comp["token_ids"], old_logprobs=comp["logprobs"],
-                                               advantage=float(adv[k])))
-                trace_rows.append(ctx.trace_row(r, comp, s, step=self.step, version=version, worker=worker,
-                                                sample_index=si, advantage=float(adv[k])))
+                    samples.append(TrainSample(sample_id=f"{sp.record.id}#{si}", prompt_text=sp.payload["prompt"],
+                                               image=sp.payload["image"], completion_ids=comp["token_ids"],
+                                               old_logprobs=comp["logprobs"], advantage=float(adv[k])))
+                trace_rows.append(ctx.trace_row(sp.record, comp, s, step=self.step, version=sp.version,
+                                                worker=sp.worker, sample_index=si, advantage=float(adv[k])))
                 k += 1
         if self.traces:
             self.traces.add(trace_rows)
@@ -186,34 +197,33 @@ class GRPOTrainer:
             rollout_tokens_per_s=outcome.tokens / max(outcome.seconds, 1e-9),
             rollout_reissued=outcome.reissued,
             rollout_restarts=ctx.rollout.restarts,
-            weight_version_lag=self._staleness([v for *_, v, _ in kept]),
+            queue_depth=queue_depth,
+            weight_version_lag=self._staleness([sp.version for sp in kept]),
             **{f"reward_{name}": _mean([x[name] for x in comps]) for name in (comps[0] if comps else {})},
             **adv_stats,
         )
-        t = time.perf_counter()
-        if ctx.colocation is not None:
-            m.update(ctx.colocation.sleep())  # hand the shared devices to the learner
-        if samples:
-            m.update(self._learner("the GRPO update", lambda: ctx.learners.train_step(samples, G)))
-        else:
-            m["learner_skipped"] = 1  # every group dead and filtered: nothing to learn from
-        timings["time_learner"] = time.perf_counter() - t
+        with timer(timings, "time_learner"):
+            if ctx.colocation is not None:
+                m.update(ctx.colocation.sleep())  # hand the shared devices to the learner
+            if samples:
+                m.update(self._guard_learner_call("the GRPO update", lambda: ctx.learners.train_step(samples, G)))
+            else:
+                m["learner_skipped"] = 1  # every group dead and filtered: nothing to learn from
 
-        t = time.perf_counter()
-        do_push = bool(samples) and (self.step + 1) % c.weight_sync.every_n_steps == 0
-        if do_push:
-            self.weight_version += 1
-        push_fn = (lambda: self._learner("the weight push", lambda: ctx.weight_sync.push(
-            ctx.learners, ctx.rollout.workers, self.weight_version))) if do_push else None
-        if ctx.colocation is not None:
-            push = ctx.colocation.wake_and_push(push_fn)
-        else:
-            push = push_fn() if push_fn else {}
-        for i in push.pop("failed_workers", []):
-            log.warning("rollout-%d failed during the weight push; it is caught up before the next rollout", i)
-            ctx.rollout.mark_dead(i)
-        m.update({k2: v for k2, v in push.items() if k2 != "weight_version"})
-        timings["time_push"] = time.perf_counter() - t
+        with timer(timings, "time_push"):
+            do_push = bool(samples) and (self.step + 1) % c.weight_sync.every_n_steps == 0
+            if do_push:
+                self.weight_version += 1
+            push_fn = (lambda: self._guard_learner_call("the weight push", lambda: ctx.weight_sync.push(
+                ctx.learners, ctx.rollout.workers, self.weight_version))) if do_push else None
+            if ctx.colocation is not None:
+                push = ctx.colocation.wake_and_push(push_fn)
+            else:
+                push = push_fn() if push_fn else {}
+            for i in push.pop("failed_workers", []):
+                log.warning("rollout-%d failed during the weight push; it is caught up before the next rollout", i)
+                ctx.rollout.mark_dead(i)
+            m.update({k2: v for k2, v in push.items() if k2 != "weight_version"})
         m.update(timings)
         m["time_step"] = time.perf_counter() - t_step
         m["weight_version"] = self.weight_version
@@ -239,7 +249,7 @@ class GRPOTrainer:
             raise RuntimeError(f"step {self.step}: samples are {lag} weight versions old, over the bound of {bound}")
         return lag
 
-    def _learner(self, what: str, call):
+    def _guard_learner_call(self, what: str, call):
         """Run a learner call; if a learner rank fails, stop the run and say where to resume from."""
         try:
             return call()
@@ -273,7 +283,8 @@ class GRPOTrainer:
         cursor = self._inflight[0].cursor_before if self._inflight else self.cursor.to_dict()
         state = {"step": self.step, "weight_version": self.weight_version, "cursor": cursor,
                  "python_random": repr(random.getstate()), "config": str(self.cfg.trainer.output_dir)}
-        self._learner(f"saving {directory}", lambda: self.ctx.learners.call_all("save_checkpoint", str(directory), state)[0])
+        self._guard_learner_call(f"saving {directory}",
+                                 lambda: self.ctx.learners.call_all("save_checkpoint", str(directory), state)[0])
         self.last_checkpoint = str(directory)
         return directory
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from cluster.metrics import RayMetrics
 
@@ -48,6 +50,14 @@ class MetricsLog:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+@contextmanager
+def timer(timings: dict[str, float], name: str) -> Iterator[None]:
+    """Record the wall-clock seconds of the ``with`` block as ``timings[name]``."""
+    t = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - t
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -17,15 +17,17 @@ from actors.reward import RewardActor, score_sharded
 from actors.rollout import Colocation, RolloutPool, create_rollout_workers, wait_ready
 from actors.weight_sync import make_weight_sync
 from cluster.connect import is_local
+from cluster.ray_utils import kill_quietly, remove_placement_groups_quietly
 from cluster.resources import check_plan, create_placement_groups
+from learner.image_codec import read_image_bytes
 from pipelines.data.store import load_prepared
 from pipelines.data.synthetic import prepare_synthetic
 from pipelines.errors import UserError
 from pipelines.launch import REWARD_WORKER_CPUS, connect_ray, engine_kwargs, resource_plan, rollout_env
 from pipelines.models.tiny import build_tiny_model, is_model_dir
-from pipelines.prompts import build_messages, format_question
+from pipelines.prompts import chat_prompt
+from pipelines.traces import trace_row
 from pipelines.training.sft import run_sft
-from rewards import extract_eval_answer
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +136,8 @@ class RunContext:
         """The rollout request for a record: chat-templated prompt text and PNG bytes."""
         p = self._payloads.get(record.id)
         if p is None:
-            text = self.tokenizer.apply_chat_template(build_messages(record, self.cfg.data.prompt_style.value),
-                                                      tokenize=False, add_generation_prompt=True)
-            image = record.image if isinstance(record.image, bytes) else Path(record.image).read_bytes()
+            text = chat_prompt(self.tokenizer, record, self.cfg.data.prompt_style.value)
+            image = read_image_bytes(record.image)
             p = {"id": record.id, "prompt": text, "image": image}
             self._payloads[record.id] = p
         return p
@@ -146,46 +147,27 @@ class RunContext:
 
     def trace_row(self, record, comp: dict, score: dict, *, step: int, version: int, worker: int,
                   sample_index: int, advantage: float) -> dict:
+        """The trace row of one scored training completion (the reward components give its flags)."""
         comps = score["components"]
         acc = comps.get("accuracy_strict", comps.get("accuracy"))
         fmt = comps.get("format", comps.get("format_nothink", comps.get("format_think_after")))
-        return {
-            "run": Path(self.cfg.trainer.output_dir).name, "step": step, "weight_version": version,
-            "model": self.model_path, "prompt_id": record.id, "sample_index": sample_index,
-            "image_sha256": _sha256(self.prompt_payload(record)["image"]), "image_path": record.image_path,
-            "modality": record.modality, "question_type": record.question_type, "source": record.source,
-            "prompt": _question_text(record), "answer": record.answer, "completion": comp["text"],
-            "completion_tokens": len(comp["token_ids"]), "finish_reason": comp["finish_reason"],
-            "predicted": extract_eval_answer(comp["text"]) or "", "correct": bool(acc) if acc is not None else False,
-            "format_ok": bool(fmt) if fmt is not None else False, "reward": score["total"],
-            "reward_components": comps, "advantage": advantage, "worker": worker,
-        }
+        return trace_row(record, comp, kind="train", run=Path(self.cfg.trainer.output_dir).name,
+                         model=self.model_path, step=step, weight_version=version, worker=worker,
+                         image_sha256=_sha256(self.prompt_payload(record)["image"]), sample_index=sample_index,
+                         correct=bool(acc), format_ok=bool(fmt), reward=score["total"], reward_components=comps,
+                         advantage=advantage)
 
     def shutdown(self) -> None:
-        from ray.util.placement_group import remove_placement_group
-
         try:
             self.learners.shutdown()
         except Exception:
             pass
-        for w in list(self.rollout.workers) + list(self.reward_workers):
-            try:
-                ray.kill(w)
-            except Exception:
-                pass
-        for pg in {id(p): p for p in self.placement_groups.values()}.values():
-            try:
-                remove_placement_group(pg)
-            except Exception:
-                pass
+        kill_quietly(list(self.rollout.workers) + list(self.reward_workers))
+        remove_placement_groups_quietly(self.placement_groups.values())
 
 
 def _sha256(b: bytes) -> str:
     return hashlib.sha256(b).hexdigest()
-
-
-def _question_text(record) -> str:
-    return format_question(record)
 
 
 def start_run(cfg) -> RunContext:

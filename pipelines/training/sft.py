@@ -16,8 +16,10 @@ import time
 from pathlib import Path
 
 from actors.learner import LearnerGroup
+from learner.image_codec import read_image_bytes
 from learner.samples import TrainSample
-from pipelines.prompts import build_messages, completion_template
+from pipelines.data.schema import LETTERS
+from pipelines.prompts import chat_prompt, completion_template
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +27,7 @@ log = logging.getLogger(__name__)
 def sft_target_text(record, *, target: str, style: str, reasoning: str, rng: random.Random) -> str:
     letter = record.answer
     if target == "format":
-        letter = "ABCDEFGH"[rng.randrange(len(record.options))]
+        letter = LETTERS[rng.randrange(len(record.options))]
     return completion_template(dataclasses.replace(record, answer=letter), style, reasoning)
 
 
@@ -34,10 +36,10 @@ def build_sft_samples(records, tokenizer, *, target: str, style: str, reasoning:
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     samples = []
     for r in records:
-        prompt = tokenizer.apply_chat_template(build_messages(r, style), tokenize=False, add_generation_prompt=True)
+        prompt = chat_prompt(tokenizer, r, style)
         text = sft_target_text(r, target=target, style=style, reasoning=reasoning, rng=rng)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [eos]
-        image = r.image if isinstance(r.image, bytes) else Path(r.image).read_bytes()
+        image = read_image_bytes(r.image)
         samples.append(TrainSample(sample_id=f"{r.id}#sft", prompt_text=prompt, image=image, completion_ids=ids,
                                    old_logprobs=[0.0] * len(ids), advantage=0.0))
     return samples

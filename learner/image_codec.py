@@ -1,0 +1,79 @@
+"""The project's one image codec: PNG bytes in the data, PIL images for the processors.
+
+Everything that turns an image into bytes or bytes into an image goes through here,
+so the prepared datasets (whose hashes depend on the exact PNG bytes), the rollout
+engine and the learner all see the same pixels. PIL is imported on use. Lives in
+``learner`` (no Ray, no vLLM) so actors and pipelines can import it too.
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_KEPT_MODES = ("L", "RGB", "RGBA", "LA")  # modes to_png keeps; anything else becomes RGB
+
+
+def is_png(data: bytes) -> bool:
+    return data.startswith(PNG_MAGIC)
+
+
+def encode_png(image: Image.Image) -> bytes:
+    """PIL image -> PNG bytes, with PIL's default PNG options (the bytes every dataset hash is built on)."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def decode_image(image: Any, max_pixels: Optional[int] = None) -> Image.Image:
+    """PNG/JPEG bytes or a PIL image -> RGB PIL image; raises ValueError with the reason.
+
+    With ``max_pixels``, an image of more than 64x that many pixels is refused (the
+    processor resizes to max_pixels anyway; absurd inputs should not cost memory first)."""
+    from PIL import Image
+
+    try:
+        img = image if isinstance(image, Image.Image) else Image.open(io.BytesIO(image))
+        img = img.convert("RGB")
+    except Exception as e:  # PIL raises many types; the caller only needs the reason
+        reason = "not a recognised image format" if type(e).__name__ == "UnidentifiedImageError" else str(e)
+        raise ValueError(f"image cannot be decoded ({type(e).__name__}: {reason})") from None
+    if img.width < 1 or img.height < 1:
+        raise ValueError(f"image has an empty size {img.size}")
+    if max_pixels and img.width * img.height > 64 * max_pixels:
+        raise ValueError(f"image {img.size} is more than 64x max_pixels={max_pixels}")
+    return img
+
+
+def to_png(data: bytes) -> bytes:
+    """PNG bytes of encoded image bytes: PNG input is returned as is (after checking it
+    decodes); other formats are converted (modes other than L, RGB, RGBA, LA to RGB).
+    PIL's errors (UnidentifiedImageError, OSError, ValueError, SyntaxError) propagate."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        if is_png(data):
+            return data
+        if im.mode not in _KEPT_MODES:
+            im = im.convert("RGB")
+        return encode_png(im)
+
+
+def read_image_bytes(image: bytes | str | os.PathLike) -> bytes:
+    """The encoded bytes of an image given as bytes (returned as they are, even empty) or
+    a path (read from disk). ValueError 'image file not found: ...' for a path that is not
+    a file, 'image missing' for anything else; OSError if the file cannot be read."""
+    if isinstance(image, (bytes, bytearray)):
+        return bytes(image)
+    if isinstance(image, (str, os.PathLike)) and os.fspath(image):
+        path = Path(image)
+        if not path.is_file():
+            raise ValueError(f"image file not found: {image}")
+        return path.read_bytes()
+    raise ValueError("image missing")
