@@ -68,6 +68,7 @@ class RolloutEngine:
         trust_remote_code: bool = False,
         enable_sleep: bool = False,
     ):
+        # vLLM is imported in the rollout actor's process only: the driver never needs it.
         from vllm import LLM
         from vllm.platforms import current_platform
 

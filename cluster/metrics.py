@@ -22,6 +22,9 @@ import math
 import re
 from typing import Any, Mapping, Optional
 
+import ray
+from ray.util.metrics import Counter, Gauge
+
 log = logging.getLogger(__name__)
 
 PREFIX = "medr1_"
@@ -96,8 +99,6 @@ class _GaugeSet:
         self.steps = None
 
     def record(self, values: dict[str, float], tags: dict[str, str]) -> list[str]:
-        from ray.util.metrics import Counter, Gauge
-
         errors = []
         for key, value in values.items():
             name = metric_name(key, self.prefix)
@@ -146,8 +147,6 @@ class RayMetrics:
 
     def _ray_ready(self) -> bool:
         try:
-            import ray
-
             return ray.is_initialized()
         except Exception:
             return False

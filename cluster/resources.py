@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+
 
 @dataclass
 class RoleSpec:
@@ -76,8 +79,6 @@ class InsufficientResources(RuntimeError):
 
 def node_resources() -> list[dict[str, float]]:
     """Total resources of each alive node of the connected Ray cluster (for ``check_plan(nodes=...)``)."""
-    import ray
-
     return [dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
 
 
@@ -123,8 +124,6 @@ def create_placement_groups(plan: ResourcePlan, timeout_s: float = 300.0) -> dic
 
     Returns {role: placement_group}; reward workers are small and scheduled freely.
     """
-    from ray.util.placement_group import placement_group
-
     groups: dict[str, object] = {}
     roles = {r.role: r for r in plan.roles}
     if plan.colocate:
@@ -139,8 +138,6 @@ def create_placement_groups(plan: ResourcePlan, timeout_s: float = 300.0) -> dic
                                            name=f"medr1-{name}")
     for name, pg in groups.items():
         if not pg.wait(timeout_seconds=timeout_s):
-            from ray.util.placement_group import remove_placement_group
-
             for other in {id(g): g for g in groups.values()}.values():
                 try:
                     remove_placement_group(other)  # do not leave half-reserved resources behind

@@ -29,7 +29,6 @@ Decisions:
 """
 from __future__ import annotations
 
-import enum
 import json
 import logging
 import math
@@ -37,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+import deepspeed
 import torch
 import torch.distributed as dist
 from transformers import get_scheduler
@@ -59,10 +59,6 @@ log = logging.getLogger(__name__)
 _DS_TAG = "state"
 
 
-def _val(x):
-    return x.value if isinstance(x, enum.Enum) else x
-
-
 # Our schedule names -> transformers' (ours warm up whichever schedule follows, "constant" included).
 _SCHEDULERS = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}
 
@@ -70,7 +66,7 @@ _SCHEDULERS = {"constant": "constant_with_warmup", "cosine": "cosine", "linear":
 def build_scheduler(optimizer, schedule: str, total_steps: int, warmup_ratio: float):
     """transformers' LR schedule over ``total_steps`` optimizer steps, warming up for ``warmup_ratio`` of them."""
     total = max(int(total_steps), 1)
-    return get_scheduler(_SCHEDULERS[str(_val(schedule))], optimizer,
+    return get_scheduler(_SCHEDULERS[str(schedule)], optimizer,
                          num_warmup_steps=int(math.ceil(warmup_ratio * total)), num_training_steps=total)
 
 
@@ -111,8 +107,6 @@ class GRPOLearner:
     def __init__(self, model_path: str, learner_cfg, grpo_cfg, *, total_steps: int,
                  samples_per_step_per_rank: int, dtype: str = "float32", temperature: float = 1.0,
                  attn_implementation: str = "sdpa", seed: int = 0, objective: str = "grpo"):
-        import deepspeed
-
         self.cfg, self.grpo = learner_cfg, grpo_cfg
         if objective not in ("grpo", "sft"):
             raise ValueError(f"objective must be grpo or sft, got {objective!r}")
@@ -123,7 +117,7 @@ class GRPOLearner:
         backend = learner_cfg.dist_backend
         if backend == "auto":
             backend = "nccl" if torch.cuda.is_available() else "gloo"
-        deepspeed.init_distributed(dist_backend=backend)
+        deepspeed.init_distributed(dist_backend=str(backend))
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.stage = int(learner_cfg.zero_stage)
         # Counts and other small collectives go through a gloo group (works with nccl too, CPU tensors).
@@ -206,7 +200,7 @@ class GRPOLearner:
     def train_step(self, samples: list[TrainSample]) -> dict[str, float]:
         t0 = time.perf_counter()
         g = self.grpo
-        loss_agg = "token_mean" if self.objective == "sft" else str(_val(g.loss_agg))
+        loss_agg = "token_mean" if self.objective == "sft" else str(g.loss_agg)
         mb = int(self.cfg.micro_batch_size)
         chunks = [samples[i:i + mb] for i in range(0, len(samples), mb)]
         n_micro = int(self._all_reduce(torch.tensor([len(chunks)], dtype=torch.int64), dist.ReduceOp.MAX)[0])
@@ -291,8 +285,6 @@ class GRPOLearner:
     # ------------------------------------------------------------------ weights
     def _gathered_params(self):
         """Yield (in-memory name, checkpoint name, full tensor on CPU or None off rank 0). Collective under ZeRO-3."""
-        import deepspeed
-
         module = self.engine.module
         for name, ck, p in exported_parameters(module):
             if self.stage == 3 and hasattr(p, "ds_id"):
@@ -357,9 +349,9 @@ def _grpo_loss(logp, b, ref_logp, g, entropy):
     beta = float(g.beta)
     return grpo_loss(logp, b["old_logprobs"], b["advantages"], b["completion_mask"],
                      ref_logp if beta > 0 else None,
-                     beta=beta, kl_estimator=str(_val(g.kl_estimator)), kl_clamp=float(g.kl_clamp),
+                     beta=beta, kl_estimator=str(g.kl_estimator), kl_clamp=float(g.kl_clamp),
                      clip_low=float(g.clip_low),
-                     clip_high=float(g.clip_high), loss_agg=str(_val(g.loss_agg)),
+                     clip_high=float(g.clip_high), loss_agg=str(g.loss_agg),
                      seq_sum_norm_constant=float(g.seq_sum_norm_constant), entropy=entropy)
 
 

@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from PIL import Image
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -35,8 +37,6 @@ def decode_image(image: Any, max_pixels: Optional[int] = None) -> Image.Image:
 
     With ``max_pixels``, an image of more than 64x that many pixels is refused (the
     processor resizes to max_pixels anyway; absurd inputs should not cost memory first)."""
-    from PIL import Image
-
     try:
         img = image if isinstance(image, Image.Image) else Image.open(io.BytesIO(image))
         img = img.convert("RGB")
@@ -54,8 +54,6 @@ def to_png(data: bytes) -> bytes:
     """PNG bytes of encoded image bytes: PNG input is returned as is (after checking it
     decodes); other formats are converted (modes other than L, RGB, RGBA, LA to RGB).
     PIL's errors (UnidentifiedImageError, OSError, ValueError, SyntaxError) propagate."""
-    from PIL import Image
-
     with Image.open(io.BytesIO(data)) as im:
         im.load()
         if is_png(data):

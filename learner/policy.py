@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
+from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
 
 from learner.image_codec import decode_image
 from learner.samples import TrainSample
@@ -30,15 +31,11 @@ def resolve_dtype(dtype) -> torch.dtype:
 
 
 def load_policy(path: str, dtype="float32", attn_implementation: str = "sdpa"):
-    from transformers import Qwen2VLForConditionalGeneration
-
     return Qwen2VLForConditionalGeneration.from_pretrained(
         path, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation, trust_remote_code=False)
 
 
 def load_processor(path: str):
-    from transformers import AutoProcessor
-
     return AutoProcessor.from_pretrained(path, trust_remote_code=False)
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from PIL import Image
+
 from learner.image_codec import encode_png
 
 # The Qwen2-VL placeholder the prompt must contain exactly once (the processor expands the pad).
@@ -35,7 +37,5 @@ def dummy_sample(eos_id: int, side: int = 56) -> TrainSample:
     The learner runs it with loss weight 0 on ranks that have fewer micro-batches than others,
     so every rank takes part in the same collectives.
     """
-    from PIL import Image
-
     prompt = f"<|im_start|>user\n{IMAGE_PLACEHOLDER}.<|im_end|>\n<|im_start|>assistant\n"
     return TrainSample("__dummy__", prompt, encode_png(Image.new("RGB", (side, side))), [int(eos_id)], [0.0], 0.0)

@@ -1,64 +1,83 @@
 """The closed choices of the configuration, each defined once. OmegaConf refuses any
-other value for a field typed with one of these enums, naming the valid ones."""
+other value for a field typed with one of these enums, naming the valid ones.
+
+They are ``StrEnum``s: a member is its value wherever a string is expected (f-strings,
+JSON, dict keys, comparisons with plain strings), so code never unwraps ``.value``."""
 from __future__ import annotations
 
 import enum
 
 
-class PromptStyle(str, enum.Enum):
+class PromptStyle(enum.StrEnum):
     think = "think"
     nothink = "nothink"
     think_after = "think_after"
 
 
-class AdvantageScale(str, enum.Enum):
+class AdvantageScale(enum.StrEnum):
     group = "group"  # (r - mean_g) / (std_g + eps): GRPO as in the paper
     batch = "batch"  # (r - mean_g) / (std_batch + eps)
     none = "none"  # r - mean_g: Dr. GRPO
 
 
-class KLEstimator(str, enum.Enum):
+class KLEstimator(enum.StrEnum):
     k1 = "k1"
     k2 = "k2"
     k3 = "k3"
 
 
-class LossAgg(str, enum.Enum):
+class LossAgg(enum.StrEnum):
     seq_mean_token_mean = "seq_mean_token_mean"  # paper / TRL 0.14
     token_mean = "token_mean"  # DAPO
     seq_sum_norm = "seq_sum_norm"  # Dr. GRPO
 
 
-class DType(str, enum.Enum):
+class DType(enum.StrEnum):
     float32 = "float32"
     bfloat16 = "bfloat16"
     float16 = "float16"
 
 
-class SyncBackend(str, enum.Enum):
+class SyncBackend(enum.StrEnum):
     object_store = "object_store"  # CPU path: safetensors bytes through Ray's object store
     nccl = "nccl"  # GPU path: bucketed NCCL broadcast into vLLM
 
 
-class Placement(str, enum.Enum):
+class Placement(enum.StrEnum):
     PACK = "PACK"
     SPREAD = "SPREAD"
     STRICT_PACK = "STRICT_PACK"
     STRICT_SPREAD = "STRICT_SPREAD"
 
 
-class OptionOrder(str, enum.Enum):
+class OptionOrder(enum.StrEnum):
     shuffled = "shuffled"  # the answer at a balanced random letter, as in Med-R1's data
     fixed = "fixed"  # options in their category's order (e.g. Grade 0..3)
     canonical = "canonical"  # every class of the category, in its order: a class always has one letter
 
 
-class OnBadRecord(str, enum.Enum):
+class OnBadRecord(enum.StrEnum):
     error = "error"
     skip = "skip"
 
 
-class LRSchedule(str, enum.Enum):
+class LRSchedule(enum.StrEnum):
     constant = "constant"  # after the warm-up, if any
     cosine = "cosine"
     linear = "linear"
+
+
+class DistBackend(enum.StrEnum):
+    auto = "auto"  # nccl with GPUs, gloo without
+    gloo = "gloo"
+    nccl = "nccl"
+
+
+class DataSource(enum.StrEnum):
+    synthetic = "synthetic"  # built locally by the project (the default run)
+    prepared = "prepared"  # data.prepared_dir written by `medr1 prepare-data`
+
+
+class SFTTarget(enum.StrEnum):
+    answer = "answer"  # the ground-truth letter: the paper's SFT baseline
+    format = "format"  # a random option letter: the format warm-start

@@ -17,6 +17,8 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from pipelines.choices import (
     AdvantageScale,
+    DataSource,
+    DistBackend,
     DType,
     KLEstimator,
     LossAgg,
@@ -25,6 +27,7 @@ from pipelines.choices import (
     OptionOrder,
     Placement,
     PromptStyle,
+    SFTTarget,
     SyncBackend,
 )
 
@@ -83,7 +86,7 @@ class SyntheticDataConfig:
 class DataConfig:
     # "synthetic" builds the built-in benchmark under `prepared_dir` if missing;
     # "prepared" reads a directory written by `medr1 prepare-data`.
-    source: str = "synthetic"
+    source: DataSource = DataSource.synthetic
     prepared_dir: str = "outputs/data/synthetic"
     synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
     train_split: str = "train"
@@ -161,7 +164,7 @@ class LearnerConfig:
     bf16: bool = False
     gradient_checkpointing: bool = False
     offload_optimizer: bool = False
-    dist_backend: str = "auto"  # auto: nccl with GPUs, gloo without
+    dist_backend: DistBackend = DistBackend.auto
 
 
 @dataclass
@@ -214,7 +217,7 @@ class SFTConfig:
     before GRPO, like the instruction tuning a real base model already has).
     """
 
-    target: str = "answer"  # answer | format
+    target: SFTTarget = SFTTarget.answer
     prompt_style: PromptStyle = PromptStyle.think
     reasoning: str = "I look at the image and the options."
     epochs: float = 1.0
@@ -291,7 +294,7 @@ def _apply_aliases(file_cfg) -> None:
 def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> MedR1Config:
     """Schema <- YAML file <- ``key=value`` overrides, validated at each step.
 
-    Returns a typed DictConfig that behaves like ``MedR1Config`` (attribute access, enums).
+    Returns a real ``MedR1Config``: dataclasses all the way down, enums for the closed choices.
     """
     schema = OmegaConf.structured(MedR1Config)
     cfg = schema
@@ -315,10 +318,14 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
         except OmegaConfBaseException as e:
             raise ConfigError(_explain(e, schema, f"override '{item}'")) from None
-    OmegaConf.set_readonly(cfg, False)
-    OmegaConf.set_struct(cfg, True)
-    validate(cfg)
-    return cfg  # type: ignore[return-value]
+    return config_from(cfg)
+
+
+def config_from(cfg: Any) -> MedR1Config:
+    """A checked ``MedR1Config`` object from a merged, typed OmegaConf node."""
+    obj = OmegaConf.to_object(cfg)
+    validate(obj)
+    return obj
 
 
 def resolve_config_path(path: str | Path) -> Path:
@@ -344,10 +351,6 @@ def validate(cfg: Any) -> None:
         problems.append("reward.num_workers must be >= 1")
     if cfg.learner.zero_stage not in (0, 1, 2, 3):
         problems.append(f"learner.zero_stage must be one of 0, 1, 2, 3 (got {cfg.learner.zero_stage})")
-    if cfg.learner.dist_backend not in ("auto", "gloo", "nccl"):
-        problems.append(f"learner.dist_backend must be one of auto, gloo, nccl (got '{cfg.learner.dist_backend}')")
-    if cfg.data.source not in ("synthetic", "prepared"):
-        problems.append(f"data.source must be one of synthetic, prepared (got '{cfg.data.source}')")
     if not (0.0 <= cfg.grpo.clip_low < 1.0) or cfg.grpo.clip_high < 0.0:
         problems.append("grpo.clip_low must be in [0, 1) and grpo.clip_high >= 0")
     if cfg.grpo.beta < 0 or cfg.grpo.kl_clamp < 0:
@@ -358,8 +361,6 @@ def validate(cfg: Any) -> None:
         problems.append("trainer.prompts_per_step must be >= 1")
     if cfg.weight_sync.backend == SyncBackend.nccl and cfg.rollout.resources_per_worker.num_gpus <= 0:
         problems.append("weight_sync.backend=nccl needs GPUs: set rollout.resources_per_worker.num_gpus > 0")
-    if cfg.sft.target not in ("answer", "format"):
-        problems.append(f"sft.target must be one of answer, format (got '{cfg.sft.target}')")
     if cfg.rollout.async_mode and cfg.rollout.max_staleness < 1:
         problems.append("rollout.async_mode=true needs rollout.max_staleness >= 1 (batches sampled ahead are at "
                         "least one weight version old)")
@@ -383,4 +384,17 @@ def validate(cfg: Any) -> None:
 
 
 def to_yaml(cfg: Any) -> str:
-    return OmegaConf.to_yaml(cfg)
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain dict (enums as strings): what travels to another process or a JSON file."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
+
+
+def from_dict(d: dict) -> MedR1Config:
+    """The inverse of ``to_dict``, checked like a loaded config."""
+    try:
+        return config_from(OmegaConf.merge(OmegaConf.structured(MedR1Config), d))
+    except OmegaConfBaseException as e:
+        raise ConfigError(str(e)) from None

@@ -21,7 +21,7 @@ def resource_plan(cfg) -> ResourcePlan:
             RoleSpec("learner", cfg.learner.num_workers, l.num_cpus, l.num_gpus, dict(l.custom)),
             RoleSpec("reward", cfg.reward.num_workers, REWARD_WORKER_CPUS),
         ],
-        strategy=cfg.cluster.placement_strategy.value,
+        strategy=cfg.cluster.placement_strategy,
         colocate=cfg.cluster.colocate,
     )
 
@@ -30,7 +30,7 @@ def engine_kwargs(cfg, model_path: str) -> dict[str, Any]:
     ro = cfg.rollout
     return dict(
         model_path=model_path,
-        dtype=cfg.model.dtype.value,
+        dtype=cfg.model.dtype,
         max_model_len=cfg.data.max_prompt_length + ro.max_new_tokens,
         seed=ro.seed,
         enforce_eager=ro.enforce_eager,

@@ -11,6 +11,9 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from pipelines.prompts import format_question
 from rewards import extract_eval_answer
 
@@ -66,8 +69,6 @@ def trace_row(record, completion: dict[str, Any], *, kind: str, run: str, model:
 
 
 def _schema():
-    import pyarrow as pa
-
     types = {"string": pa.string(), "int64": pa.int64(), "bool": pa.bool_(), "float64": pa.float64()}
     return pa.schema([(name, types[t]) for name, t in TRACE_COLUMNS.items()])
 
@@ -101,9 +102,6 @@ class TraceWriter:
     def flush(self) -> Optional[Path]:
         if not self._rows:
             return None
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         path = self.dir / f"{self.kind}-{self._part:05d}.parquet"
         table = pa.Table.from_pylist(self._rows, schema=_schema())
         tmp = path.with_suffix(".tmp")
@@ -119,9 +117,6 @@ class TraceWriter:
 
 def read_traces(directory: str | Path, kind: Optional[str] = None):
     """All trace rows under ``directory`` as a pyarrow Table (optionally one kind)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     pattern = f"{kind}-*.parquet" if kind else "*.parquet"
     parts = sorted(Path(directory).glob(pattern))
     if not parts:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.data.schema import MODALITIES, QUESTION_TYPES
+from pipelines.protocol import KINDS
 from pipelines.protocol import matrix as M
 from pipelines.protocol import run as P
 
@@ -103,7 +104,7 @@ def test_report_and_figures_from_synthetic_matrix(tmp_path):
 
 @pytest.mark.parametrize("kind", ["cross-modality", "cross-task"])
 def test_protocol_cells_rerun_and_trace_recompute(tmp_path, kind):
-    dim = M.KINDS[kind]
+    dim = KINDS[kind]
     all_d = M.all_domains(kind)
     domains = all_d[:3]
     train_calls, eval_calls = [], []

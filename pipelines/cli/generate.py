@@ -5,9 +5,6 @@ import argparse
 import os
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 from learner.image_codec import encode_png, read_image_bytes
 from pipelines.errors import UserError
 from pipelines.prompts import chat_prompt
@@ -29,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _default_image() -> bytes:
+    import numpy as np  # on use, like the handlers' imports: `medr1 --help` stays instant
+    from PIL import Image
+
     yy, xx = np.mgrid[0:112, 0:112]
     ring = (np.abs(np.hypot(yy - 56, xx - 56) - 40) < 4) * 200 + 40
     return encode_png(Image.fromarray(ring.astype("uint8")).convert("RGB"))

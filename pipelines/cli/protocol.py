@@ -7,7 +7,7 @@ from pathlib import Path
 from pipelines.cli.main import setup_logging
 from pipelines.config import load_config
 from pipelines.errors import UserError
-from pipelines.protocol.matrix import BASE, KINDS
+from pipelines.protocol import BASE, KINDS
 
 
 def register(sub: argparse._SubParsersAction) -> None:

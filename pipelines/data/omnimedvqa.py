@@ -13,6 +13,8 @@ import re
 from collections import OrderedDict, defaultdict
 from pathlib import Path
 
+import numpy as np
+
 from pipelines.data.medr1_splits import read_json_list
 from pipelines.data.preview import write_preview
 from pipelines.data.schema import (
@@ -111,8 +113,6 @@ def split_records(records: list[VQARecord], seed: int = 0, test_fraction: float 
     """Split by image (all questions about one image land in the same split), and within
     each stratum (modality or question type; an image counts in the stratum of its first
     question) ``round(n_images * test_fraction)`` images go to test. Returns (splits, per-stratum counts)."""
-    import numpy as np
-
     if split_by not in (None,) + SPLIT_BY:
         raise UserError(f"--split-by must be one of {', '.join(SPLIT_BY)}, not {split_by!r}")
     if not 0.0 <= test_fraction < 1.0:

@@ -7,6 +7,7 @@ from collections import defaultdict
 
 from learner.image_codec import decode_image
 from pipelines.data.schema import LETTERS, MODALITIES, VQARecord
+from pipelines.figures import plt, save_figure
 
 
 def _title(rec: VQARecord, width: int = 30) -> str:
@@ -20,11 +21,6 @@ def _title(rec: VQARecord, width: int = 30) -> str:
 def write_preview(records: list[VQARecord], path: str, per_row: int = 6) -> str:
     """Write a PNG contact sheet to ``path``: for each modality, up to ``per_row`` records,
     one per question type first (round-robin), so the rows show every kind of question."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     by_mod: dict[str, dict[str, list[VQARecord]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
         by_mod[r.modality][r.question_type].append(r)
@@ -53,6 +49,5 @@ def write_preview(records: list[VQARecord], path: str, per_row: int = 6) -> str:
             ax.set_title(_title(rec), fontsize=6.5, loc="left")
         axes[ri][0].text(-0.08, 0.5, m, transform=axes[ri][0].transAxes, rotation=90, ha="right", va="center",
                          fontsize=10, weight="bold")
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90, tight=False)
     return path

@@ -11,6 +11,10 @@ import os
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import UnidentifiedImageError
+
 from learner.image_codec import is_png, read_image_bytes, to_png
 from pipelines.data.schema import LETTERS, VQARecord
 from pipelines.errors import BadRecordError, UserError
@@ -22,8 +26,6 @@ COLUMNS = ("id", "image", "image_path", "image_sha256", "question", "options", "
 
 
 def _schema():
-    import pyarrow as pa
-
     return pa.schema([
         ("id", pa.string()), ("image", pa.binary()), ("image_path", pa.string()),
         ("image_sha256", pa.string()), ("question", pa.string()), ("options", pa.list_(pa.string())),
@@ -35,8 +37,6 @@ def _schema():
 def to_png_bytes(data_or_path: bytes | str | os.PathLike, source: str = "", index: int | str = "") -> bytes:
     """PNG bytes of an image given as bytes or a path: PNG input is kept as is (after
     checking it decodes), other formats are converted. Problems -> BadRecordError."""
-    from PIL import UnidentifiedImageError
-
     where = source or str(data_or_path)[:200]
     if isinstance(data_or_path, (bytes, bytearray)):
         data = bytes(data_or_path)
@@ -83,9 +83,6 @@ def write_prepared(out_dir: str | os.PathLike, splits: dict[str, list[VQARecord]
 
     ``extra_manifest`` may carry ``skipped`` (a list of {file, index, reason}), the
     command, seed and anything else worth recording."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("*.parquet"):  # a rebuild replaces the whole dataset
@@ -146,8 +143,6 @@ def read_manifest(data_dir: str | os.PathLike) -> dict:
 
 def load_prepared(data_dir: str | os.PathLike, split: str) -> list[VQARecord]:
     """The records of one split, images as PNG bytes (b"" where the image was missing)."""
-    import pyarrow.parquet as pq
-
     d = Path(data_dir)
     if not d.is_dir():
         raise UserError(f"no prepared dataset at {d}: the directory does not exist")

@@ -17,6 +17,12 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+import ray
+from rich.console import Console
+from rich.markup import escape
+from tqdm import tqdm
+from transformers import AutoTokenizer
+
 from actors.sharding import contiguous_shards
 from cluster.ray_utils import kill_quietly
 from learner.image_codec import read_image_bytes
@@ -89,9 +95,6 @@ def write_outputs(out: Path, metrics: dict, rows: list[dict], info: dict[str, An
 
 
 def print_errors(rows: list[dict], n: int, console=None) -> None:
-    from rich.console import Console
-    from rich.markup import escape
-
     console = console or Console()
     worst = worst_examples(rows, n)
     if not worst:
@@ -119,16 +122,13 @@ def evaluate_model(model: str, data: str, *, split: str = "test", out: Optional[
     ``workers``: existing rollout actors already serving ``model`` (then none are started
     or stopped here); otherwise R actors are started on the current Ray (started locally,
     or joined at ``cluster.address``, if needed) and killed at the end."""
-    import ray
-    from transformers import AutoTokenizer
-
     cfg = cfg if cfg is not None else load_config(None)
     model = check_model_dir(model)
     records = load_prepared(data, split)
     records = select_records(records, max_samples if max_samples is not None else cfg.eval.max_samples,
                              modalities, question_types)
     max_new_tokens = int(max_new_tokens or cfg.eval.max_new_tokens)
-    style = prompt_style or cfg.eval.prompt_style.value
+    style = prompt_style or cfg.eval.prompt_style
     out = Path(out) if out else REPO_ROOT / "outputs" / "eval" / f"{Path(model).name}-{split}"
     tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=cfg.model.trust_remote_code)
 
@@ -192,9 +192,6 @@ def generate_eval_rows(workers: list, records: list, *, tokenizer, max_new_token
     ``chunk_size`` goes as several consecutive calls to the same actor so the progress
     bar moves. Every call is in flight at once; an actor runs its calls in order.
     Rows are in record order and use the trace-store column names."""
-    import ray
-    from tqdm import tqdm
-
     if not workers:
         raise ValueError("evaluation needs at least one rollout worker")
     t0 = time.perf_counter()

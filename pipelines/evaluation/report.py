@@ -9,14 +9,11 @@ import math
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
+from rich.console import Console
+from rich.table import Table
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+from pipelines.figures import plt, save_figure
 
 
 # --------------------------------------------------------------------------- single evaluation
@@ -33,9 +30,6 @@ def eval_table_rows(metrics: dict) -> list[tuple[str, str, int, int, float, floa
 
 def print_eval_table(metrics: dict, title: str = "evaluation", console=None) -> None:
     """A rich table of accuracies with 95% Wilson intervals, then format/unparsable/skipped."""
-    from rich.console import Console
-    from rich.table import Table
-
     console = console or Console()
     t = Table(title=title)
     for col, just in (("group", "left"), ("name", "left"), ("n", "right"), ("correct", "right"),
@@ -59,7 +53,6 @@ def plot_accuracy_bars(cells: dict[str, dict], path: str | Path, title: str,
     """Bar chart of accuracy per group with Wilson 95% error bars and n under each bar."""
     if not cells:
         return None
-    plt = _plt()
     names = list(cells)
     acc = [100 * cells[k]["accuracy"] for k in names]
     lo = [100 * (cells[k]["accuracy"] - cells[k]["ci95"][0]) for k in names]
@@ -78,7 +71,7 @@ def plot_accuracy_bars(cells: dict[str, dict], path: str | Path, title: str,
     ax.set_ylim(0, 105)
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- protocol matrices
@@ -105,9 +98,6 @@ def markdown_table(row_names: Sequence[str], col_names: Sequence[str], values: d
 def plot_heatmap(row_names: Sequence[str], col_names: Sequence[str], values: dict, path: str | Path, title: str,
                  *, diverging: bool = False, xlabel: str = "test domain", ylabel: str = "train domain") -> Path:
     """Annotated heatmap of ``values[row][col]`` (fractions, shown in %); the paper's figure style."""
-    import numpy as np
-
-    plt = _plt()
     data = np.full((len(row_names), len(col_names)), np.nan)
     for i, r in enumerate(row_names):
         for j, c in enumerate(col_names):
@@ -139,15 +129,12 @@ def plot_heatmap(row_names: Sequence[str], col_names: Sequence[str], values: dic
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_grouped_bars(row_names: Sequence[str], col_names: Sequence[str], values: dict, path: str | Path,
                       title: str) -> Path:
     """One group of bars per test domain, one bar per training domain (base included)."""
-    import numpy as np
-
-    plt = _plt()
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(col_names) + 3), 4.5))
     width = 0.8 / max(1, len(row_names))
     x = np.arange(len(col_names))
@@ -163,14 +150,4 @@ def plot_grouped_bars(row_names: Sequence[str], col_names: Sequence[str], values
     ax.set_xlabel("test domain")
     ax.set_title(title)
     ax.legend(title="trained on", fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    return _save(fig, path)
-
-
-def _save(fig, path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -12,6 +12,20 @@ import json
 import logging
 from pathlib import Path
 
+import torch
+from tokenizers import AddedToken as TkAddedToken
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AddedToken,
+    GenerationConfig,
+    Qwen2TokenizerFast,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLImageProcessor,
+    Qwen2VLProcessor,
+    Qwen2VLVideoProcessor,
+)
+
 from pipelines.data.schema import LETTERS
 
 log = logging.getLogger(__name__)
@@ -107,10 +121,6 @@ def _training_corpus() -> list[str]:
 
 def build_tokenizer(vocab_size: int):
     """Byte-level BPE trained on the corpus above, as a Qwen2TokenizerFast."""
-    from tokenizers import AddedToken as TkAddedToken
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import AddedToken, Qwen2TokenizerFast
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
@@ -140,8 +150,6 @@ def build_tokenizer(vocab_size: int):
 
 
 def build_model_config(tiny, tokenizer):
-    from transformers import Qwen2VLConfig
-
     head_dim = tiny.hidden_size // tiny.num_attention_heads
     if head_dim != 64:
         raise ValueError(
@@ -190,15 +198,6 @@ def build_model_config(tiny, tokenizer):
 
 def build_tiny_model(out_dir: str | Path, tiny, min_pixels: int = 3136, max_pixels: int = 401408) -> Path:
     """Write tokenizer, processor and randomly initialised weights to ``out_dir``."""
-    import torch
-    from transformers import (
-        GenerationConfig,
-        Qwen2VLForConditionalGeneration,
-        Qwen2VLImageProcessor,
-        Qwen2VLProcessor,
-        Qwen2VLVideoProcessor,
-    )
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(tiny.vocab_size)

@@ -13,10 +13,8 @@ from typing import Any, Optional
 from pipelines.data.schema import MODALITIES, QUESTION_TYPES
 from pipelines.evaluation.accuracy import group_accuracy
 from pipelines.evaluation.report import markdown_table, plot_grouped_bars, plot_heatmap
+from pipelines.protocol import BASE, KINDS, SFT
 from pipelines.traces import read_traces
-
-KINDS = {"cross-modality": "modality", "cross-task": "question_type"}
-BASE, SFT = "base", "sft"
 
 
 def slug(name: str) -> str:

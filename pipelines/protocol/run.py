@@ -28,17 +28,17 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+import ray
+
 from cluster.connect import is_local
-from pipelines.config import MedR1Config, validate
+from pipelines.config import from_dict, to_dict
 from pipelines.data.schema import try_normalize_modality, try_normalize_question_type
 from pipelines.data.store import load_prepared
 from pipelines.errors import UserError
 from pipelines.evaluation.evaluate import evaluate_model
 from pipelines.launch import connect_ray, resource_plan
+from pipelines.protocol import BASE, KINDS, SFT
 from pipelines.protocol.matrix import (
-    BASE,
-    KINDS,
-    SFT,
     _write_json,
     all_domains,
     cell_path,
@@ -77,21 +77,6 @@ def parse_domains(kind: str, spec: Optional[str]) -> list[str]:
     return out
 
 
-def cfg_to_dict(cfg) -> dict:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-
-
-def cfg_from_dict(d: dict):
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.merge(OmegaConf.structured(MedR1Config), d)
-    OmegaConf.set_struct(cfg, True)
-    validate(cfg)
-    return cfg
-
-
 def cell_config(base: dict, kind: str, domain: str, run_dir: Path, steps: Optional[int]) -> dict:
     """The training config of one cell: the base config restricted to ``domain``."""
     d = copy.deepcopy(base)
@@ -108,13 +93,13 @@ def eval_config(base: dict):
     """The evaluation config: the whole test split (no domain filter)."""
     d = copy.deepcopy(base)
     d["data"]["modalities"], d["data"]["question_types"] = [], []
-    return cfg_from_dict(d)
+    return from_dict(d)
 
 
 # --------------------------------------------------------------------------- default train / eval
 def default_train(cfg_dict: dict) -> dict:
     """Run GRPO with ``cfg_dict``; the summary (``final_model`` = the HF dir of the final weights)."""
-    cfg = cfg_from_dict(cfg_dict)
+    cfg = from_dict(cfg_dict)
     summary = dict(run_training(cfg))
     summary.setdefault("final_model", str(Path(cfg.trainer.output_dir) / "checkpoints" / "final" / "hf"))
     return summary
@@ -176,7 +161,7 @@ def run_protocol(cfg, kind: str, *, protocol_dir: str | Path, domains: Optional[
     d = Path(protocol_dir)
     d.mkdir(parents=True, exist_ok=True)
     domains = list(domains or all_domains(kind))
-    base_dict = cfg_to_dict(cfg)
+    base_dict = to_dict(cfg)
     base_model = str(cfg.model.path)
     if train_fn is None or eval_fn is None:
         # The real thing: make sure the base model and the dataset exist before any cell starts.
@@ -219,8 +204,6 @@ def _present_test_domains(base_dict: dict, kind: str) -> list[str]:
 
 
 def _run_on_ray(cfg, jobs, kind, base_dict, d: Path, max_parallel, common) -> None:
-    import ray
-
     local = is_local(cfg.cluster.address)
     started = False
     if not ray.is_initialized():

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import ray
+import torch
+from tqdm import tqdm
 
 from learner.grpo import compute_advantages, dead_group_mask
 from learner.samples import TrainSample
@@ -90,8 +92,6 @@ class GRPOTrainer:
         t_start = time.perf_counter()
         if self.step == 0:
             summary["before"] = self.evaluate(tag="before")
-        from tqdm import tqdm
-
         bar = tqdm(total=total, initial=self.step, desc="GRPO", unit="step", disable=not c.logging.progress)
         while self.step < total:
             m = self.train_step()
@@ -127,8 +127,6 @@ class GRPOTrainer:
         return max(1, (len(self.ctx.train) * c.trainer.epochs) // c.trainer.prompts_per_step)
 
     def train_step(self) -> dict:
-        import torch
-
         c, ctx = self.cfg, self.ctx
         G = c.rollout.group_size
         timings: dict[str, float] = {}
@@ -168,7 +166,7 @@ class GRPOTrainer:
                              "skipped_prompts": len(skipped)}
         if len(kept) == 0:
             raise RuntimeError(f"step {self.step}: every prompt failed preprocessing: {skipped[:3]}")
-        adv, adv_stats = compute_advantages(rewards, G, scale=c.grpo.advantage_scale.value, eps=c.grpo.advantage_eps)
+        adv, adv_stats = compute_advantages(rewards, G, scale=c.grpo.advantage_scale, eps=c.grpo.advantage_eps)
         live_groups = ~dead_group_mask(rewards, G)
         samples, trace_rows = [], []
         k = 0
@@ -191,7 +189,7 @@ class GRPOTrainer:
             reward_std=float(rewards.std()) if len(rewards) > 1 else 0.0,
             accuracy=_mean([x.get("accuracy_strict", x.get("accuracy", 0.0)) for x in comps]),
             # the paper's format check for the prompt style in use, whichever rewards are configured
-            format_rate=_mean(get_reward(FORMAT_REWARD[c.data.prompt_style.value])(texts)) if texts else 0.0,
+            format_rate=_mean(get_reward(FORMAT_REWARD[c.data.prompt_style])(texts)) if texts else 0.0,
             completion_length=_mean([len(s.completion_ids) for s in samples]) if samples else 0.0,
             rollout_tokens=outcome.tokens,
             rollout_tokens_per_s=outcome.tokens / max(outcome.seconds, 1e-9),
@@ -266,7 +264,7 @@ class GRPOTrainer:
         c, ctx = self.cfg, self.ctx
         records = select_records(ctx.test, c.eval.max_samples)  # spread over cells, as `medr1 evaluate` does
         res = evaluate_records(ctx.rollout.workers, records, tokenizer=ctx.tokenizer,
-                               max_new_tokens=c.eval.max_new_tokens, prompt_style=c.eval.prompt_style.value,
+                               max_new_tokens=c.eval.max_new_tokens, prompt_style=c.eval.prompt_style,
                                weight_version=self.weight_version, step=self.step, model=str(c.model.path),
                                run=self.out.name, trace_writer=self.eval_traces, progress=c.logging.progress)
         brief = {k: res[k] for k in ("overall", "by_modality", "by_question_type", "format_rate", "unparsable", "n")

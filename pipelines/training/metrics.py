@@ -9,7 +9,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from torch.utils.tensorboard import SummaryWriter
+
 from cluster.metrics import RayMetrics
+from pipelines.figures import plt, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +25,6 @@ class MetricsLog:
         self._tb = None
         if tensorboard:
             try:
-                from torch.utils.tensorboard import SummaryWriter
-
                 self._tb = SummaryWriter(log_dir=str(self.dir / "tensorboard"))
             except Exception as e:  # TensorBoard is optional; the jsonl is the record
                 log.warning("TensorBoard disabled: %s", e)
@@ -72,11 +73,6 @@ def plot_reward_curve(metrics_path: str | Path, out_png: str | Path, evals: Opti
     rows = [r for r in read_metrics(metrics_path) if "reward_mean" in r]
     if not rows:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     steps = [r["step"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(steps, [r["reward_mean"] for r in rows], label="reward (format + accuracy)", color="tab:blue")
@@ -92,8 +88,4 @@ def plot_reward_curve(metrics_path: str | Path, out_png: str | Path, evals: Opti
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     ax.set_title("GRPO training")
-    fig.tight_layout()
-    out = Path(out_png)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out_png)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from transformers import AutoTokenizer
 
 from actors.learner import LearnerGroup
 from actors.reward import RewardActor, score_sharded
@@ -51,7 +52,7 @@ def ensure_data(cfg):
     if cfg.data.source == "synthetic":
         s = cfg.data.synthetic
         wanted = {"seed": s.seed, "per_cell": s.per_cell, "image_size": s.image_size,
-                  "test_fraction": s.test_fraction, "option_order": s.option_order.value}
+                  "test_fraction": s.test_fraction, "option_order": str(s.option_order)}
         if (d / "manifest.json").is_file():
             _check_synthetic_build(d, wanted)
         else:
@@ -103,7 +104,7 @@ def ensure_warmstart(cfg, model_path: str, train: list) -> str:
         return model_path
     d = Path(cfg.sft.warmstart_dir)
     hf, record = d / "hf", d / "warmstart.json"
-    wanted = {"base_model": str(model_path), "prompt_style": cfg.sft.prompt_style.value,
+    wanted = {"base_model": str(model_path), "prompt_style": str(cfg.sft.prompt_style),
               "epochs": float(cfg.sft.warmstart_epochs), "lr": float(cfg.sft.warmstart_lr),
               "train_records": records_digest(train)}
     if is_model_dir(hf):
@@ -136,7 +137,7 @@ class RunContext:
         """The rollout request for a record: chat-templated prompt text and PNG bytes."""
         p = self._payloads.get(record.id)
         if p is None:
-            text = chat_prompt(self.tokenizer, record, self.cfg.data.prompt_style.value)
+            text = chat_prompt(self.tokenizer, record, self.cfg.data.prompt_style)
             image = read_image_bytes(record.image)
             p = {"id": record.id, "prompt": text, "image": image}
             self._payloads[record.id] = p
@@ -171,8 +172,6 @@ def _sha256(b: bytes) -> str:
 
 
 def start_run(cfg) -> RunContext:
-    from transformers import AutoTokenizer
-
     model_path = ensure_model(cfg)
     train, test = ensure_data(cfg)
     plan = resource_plan(cfg)
@@ -204,11 +203,11 @@ def start_run(cfg) -> RunContext:
         model_path, cfg.learner, cfg.grpo, total_steps=total_steps,
         samples_per_step=cfg.trainer.prompts_per_step * cfg.rollout.group_size,
         placement_group=pgs["learner"], bundle_indices=list(range(N)), env=learner_env,
-        learner_kwargs={"dtype": cfg.model.dtype.value, "attn_implementation": cfg.model.attn_implementation,
+        learner_kwargs={"dtype": cfg.model.dtype, "attn_implementation": cfg.model.attn_implementation,
                         "temperature": cfg.rollout.temperature, "seed": cfg.trainer.seed})
     ready = wait_ready(rollout_workers)
     log.info("rollout actors ready: %s", ready)
-    sync = make_weight_sync(cfg.weight_sync.backend.value, cfg.weight_sync.bucket_size_mb,
+    sync = make_weight_sync(cfg.weight_sync.backend, cfg.weight_sync.bucket_size_mb,
                             cfg.rollout.tensor_parallel_size)
     ctx = RunContext(cfg, model_path, train, test, tokenizer, None, reward_workers, learners, sync, pgs)
 

@@ -15,6 +15,9 @@ import random
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+from transformers import AutoTokenizer
+
 from actors.learner import LearnerGroup
 from learner.image_codec import read_image_bytes
 from learner.samples import TrainSample
@@ -47,22 +50,17 @@ def build_sft_samples(records, tokenizer, *, target: str, style: str, reasoning:
 
 def run_sft(cfg, model_path: str, records: list, out_dir: str, *, target: str, epochs: float, lr: float) -> str:
     """Train and save ``out_dir/hf``; returns that HF model directory."""
-    from omegaconf import OmegaConf
-    from tqdm import tqdm
-    from transformers import AutoTokenizer
-
     s = cfg.sft
     records = records[: s.max_records] if s.max_records else records
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
-    samples = build_sft_samples(records, tokenizer, target=target, style=s.prompt_style.value,
+    samples = build_sft_samples(records, tokenizer, target=target, style=s.prompt_style,
                                 reasoning=s.reasoning, seed=cfg.trainer.seed)
     bs = min(s.batch_size, len(samples))
     steps = max(1, math.ceil(len(samples) * epochs / bs))
-    learner_cfg = OmegaConf.merge(cfg.learner, {"lr": lr, "lr_scheduler": s.lr_scheduler,
-                                                "warmup_ratio": s.warmup_ratio})
-    grpo_cfg = OmegaConf.merge(cfg.grpo, {"beta": 0.0, "updates_per_batch": 1, "mini_batches": 1})
+    learner_cfg = dataclasses.replace(cfg.learner, lr=lr, lr_scheduler=s.lr_scheduler, warmup_ratio=s.warmup_ratio)
+    grpo_cfg = dataclasses.replace(cfg.grpo, beta=0.0, updates_per_batch=1, mini_batches=1)
     group = LearnerGroup(model_path, learner_cfg, grpo_cfg, total_steps=steps, samples_per_step=bs,
-                         learner_kwargs={"dtype": cfg.model.dtype.value, "objective": "sft",
+                         learner_kwargs={"dtype": cfg.model.dtype, "objective": "sft",
                                          "attn_implementation": cfg.model.attn_implementation,
                                          "seed": cfg.trainer.seed})
     out = Path(out_dir)
