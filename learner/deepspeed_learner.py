@@ -33,6 +33,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -64,10 +65,19 @@ _SCHEDULERS = {"constant": "constant_with_warmup", "cosine": "cosine", "linear":
 
 
 def build_scheduler(optimizer, schedule: str, total_steps: int, warmup_ratio: float):
-    """transformers' LR schedule over ``total_steps`` optimizer steps, warming up for ``warmup_ratio`` of them."""
+    """transformers' LR schedule over ``total_steps`` optimizer steps, warming up for ``warmup_ratio`` of them.
+
+    Our warm-up never trains at lr 0: optimizer step s (from 0) warms up at (s + 1) / (warmup + 1).
+    transformers' warm-up starts at 0, so its schedule runs one step ahead over one step more
+    (warmup + 1 warm-up steps of total + 1): the same curve, step for step."""
     total = max(int(total_steps), 1)
-    return get_scheduler(_SCHEDULERS[str(schedule)], optimizer,
-                         num_warmup_steps=int(math.ceil(warmup_ratio * total)), num_training_steps=total)
+    warmup = int(math.ceil(warmup_ratio * total)) if warmup_ratio > 0 else 0
+    sched = get_scheduler(_SCHEDULERS[str(schedule)], optimizer, num_warmup_steps=warmup + 1,
+                          num_training_steps=total + 1)
+    with warnings.catch_warnings():  # "step() before optimizer.step()": this step only moves the schedule
+        warnings.simplefilter("ignore")
+        sched.step()
+    return sched
 
 
 def build_ds_config(learner_cfg, *, world_size: int, samples_per_step_per_rank: int,

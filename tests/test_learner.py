@@ -304,13 +304,16 @@ def test_lr_schedules():
             sched.step()
         return out
 
-    f = lrs("cosine", 10, 0.2)  # 2 warm-up steps, then a half cosine to 0
-    assert f[0] == 0.0 and f[1] == pytest.approx(0.5) and f[2] == pytest.approx(1.0)
-    assert f[10] == pytest.approx(0.0, abs=1e-9) and 0.0 < f[6] < 1.0
+    f = lrs("cosine", 10, 0.2)
+    assert f[0] == pytest.approx(1 / 3) and f[1] == pytest.approx(2 / 3)
+    assert f[2] == pytest.approx(1.0) and f[10] == pytest.approx(0.0, abs=1e-9)
+    assert 0.0 < f[6] < 1.0
     g = lrs("linear", 10, 0.0)
     assert g[0] == 1.0 and g[5] == pytest.approx(0.5)
     assert lrs("constant", 10, 0.0) == [1.0] * 11
-    assert lrs("constant", 10, 0.2)[:3] == [0.0, 0.5, 1.0]  # our "constant" warms up too
+    assert lrs("constant", 10, 0.2)[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])  # "constant" warms up too
+    with pytest.raises(KeyError):
+        lrs("step", 10, 0.0)
 
 
 def test_ds_config_from_learner_cfg():
