@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import torch
 
-ADV_SCALES = ("group", "batch", "none")
-KL_ESTIMATORS = ("k1", "k2", "k3")
-LOSS_AGGS = ("seq_mean_token_mean", "token_mean", "seq_sum_norm")
+from learner.grpo_options import AdvantageScale, KLEstimator, LossAgg
+
+ADV_SCALES = tuple(str(s) for s in AdvantageScale)
+KL_ESTIMATORS = tuple(str(s) for s in KLEstimator)
+LOSS_AGGS = tuple(str(s) for s in LossAgg)
 
 
 # -----------------------------------------------------------------------------

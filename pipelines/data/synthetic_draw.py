@@ -25,18 +25,20 @@ class Scene:
     count: int = 0
 
 
-def E(d, S, cx, cy, rx, ry=None, fill=None, outline=None, width=0.0):
+def ellipse(d, S, cx, cy, rx, ry=None, fill=None, outline=None, width=0.0):
     """An ellipse in fractional coordinates."""
     ry = rx if ry is None else ry
     w = max(1, round(width * S)) if outline is not None else 0
     d.ellipse([(cx - rx) * S, (cy - ry) * S, (cx + rx) * S, (cy + ry) * S], fill=fill, outline=outline, width=w)
 
 
-def R(d, S, x0, y0, x1, y1, fill, radius=0.0):
+def rect(d, S, x0, y0, x1, y1, fill, radius=0.0):
+    """A (rounded) rectangle in fractional coordinates."""
     d.rounded_rectangle([x0 * S, y0 * S, x1 * S, y1 * S], radius=radius * S, fill=fill)
 
 
-def L(d, S, pts, fill, width):
+def polyline(d, S, pts, fill, width):
+    """A polyline through fractional points, ``width`` a fraction of the side."""
     d.line([(x * S, y * S) for x, y in pts], fill=fill, width=max(1, round(width * S)), joint="curve")
 
 
@@ -60,31 +62,31 @@ def draw_ct(rng, S, sc: Scene) -> Image.Image:
     d = ImageDraw.Draw(im)
     cx, cy = jitter(rng)
     if sc.anatomy == "head":
-        E(d, S, cx, cy, 0.36, 0.42, fill=235)
+        ellipse(d, S, cx, cy, 0.36, 0.42, fill=235)
         if sc.finding == "skull fracture":  # a wide gap through the bone ring
             a = rng.uniform(0, 2 * math.pi)
-            L(d, S, [(cx, cy), (cx + 0.5 * math.cos(a), cy + 0.5 * math.sin(a))], fill=0, width=0.15)
-        E(d, S, cx, cy, 0.30, 0.36, fill=105)
+            polyline(d, S, [(cx, cy), (cx + 0.5 * math.cos(a), cy + 0.5 * math.sin(a))], fill=0, width=0.15)
+        ellipse(d, S, cx, cy, 0.30, 0.36, fill=105)
         if sc.finding == "skull fracture":  # and a displaced bone fragment just inside
-            E(d, S, cx + 0.22 * math.cos(a + 0.5), cy + 0.26 * math.sin(a + 0.5), 0.05, 0.03, fill=235)
+            ellipse(d, S, cx + 0.22 * math.cos(a + 0.5), cy + 0.26 * math.sin(a + 0.5), 0.05, 0.03, fill=235)
     elif sc.anatomy == "chest":
-        E(d, S, cx, cy, 0.46, 0.34, fill=95)
+        ellipse(d, S, cx, cy, 0.46, 0.34, fill=95)
         for s in (-1, 1):
-            E(d, S, cx + s * 0.2, cy - 0.03, 0.15, 0.22, fill=15)
-        E(d, S, cx + 0.03, cy + 0.03, 0.1, 0.1, fill=130)
-        E(d, S, cx, cy + 0.25, 0.06, fill=240)
+            ellipse(d, S, cx + s * 0.2, cy - 0.03, 0.15, 0.22, fill=15)
+        ellipse(d, S, cx + 0.03, cy + 0.03, 0.1, 0.1, fill=130)
+        ellipse(d, S, cx, cy + 0.25, 0.06, fill=240)
     else:  # abdomen
-        E(d, S, cx, cy, 0.44, 0.36, fill=100)
-        E(d, S, cx - 0.17, cy - 0.07, 0.18, 0.15, fill=140)
+        ellipse(d, S, cx, cy, 0.44, 0.36, fill=100)
+        ellipse(d, S, cx - 0.17, cy - 0.07, 0.18, 0.15, fill=140)
         for s in (-1, 1):
-            E(d, S, cx + s * 0.14, cy + 0.13, 0.05, 0.07, fill=170)
-        E(d, S, cx, cy + 0.23, 0.06, fill=240)
-        E(d, S, cx + 0.03, cy + 0.08, 0.03, fill=200)
+            ellipse(d, S, cx + s * 0.14, cy + 0.13, 0.05, 0.07, fill=170)
+        ellipse(d, S, cx, cy + 0.23, 0.06, fill=240)
+        ellipse(d, S, cx + 0.03, cy + 0.08, 0.03, fill=200)
     ox, oy = cx + sc.loc[0], cy + sc.loc[1]
     if sc.finding == "hemorrhage":
-        E(d, S, ox, oy, sc.size, sc.size * 0.85, fill=228)
+        ellipse(d, S, ox, oy, sc.size, sc.size * 0.85, fill=228)
     elif sc.finding == "cyst":
-        E(d, S, ox, oy, sc.size, fill=12, outline=215, width=0.02)
+        ellipse(d, S, ox, oy, sc.size, fill=12, outline=215, width=0.02)
     return finish(im, rng)
 
 
@@ -100,36 +102,36 @@ def draw_mri(rng, S, sc: Scene) -> Image.Image:
     d = ImageDraw.Draw(im)
     cx, cy = jitter(rng)
     if sc.anatomy == "brain":
-        E(d, S, cx, cy, 0.41, 0.46, fill=200)  # scalp fat
-        E(d, S, cx, cy, 0.37, 0.42, fill=25)  # skull (dark on MRI)
+        ellipse(d, S, cx, cy, 0.41, 0.46, fill=200)  # scalp fat
+        ellipse(d, S, cx, cy, 0.37, 0.42, fill=25)  # skull (dark on MRI)
         ph = rng.uniform(0, 6.3)
         d.polygon([(x * S, y * S) for x, y in _wavy(cx, cy, 0.33, 0.38, 11, 0.05, ph)], fill=115)
         d.polygon([(x * S, y * S) for x, y in _wavy(cx, cy, 0.24, 0.29, 9, 0.09, ph)], fill=190)
         vr = (0.065, 0.16) if sc.finding == "hydrocephalus" else (0.022, 0.08)
         for s in (-1, 1):
-            E(d, S, cx + s * (vr[0] + 0.012), cy - 0.01, vr[0], vr[1], fill=30)
+            ellipse(d, S, cx + s * (vr[0] + 0.012), cy - 0.01, vr[0], vr[1], fill=30)
         if sc.finding == "stroke":  # a large dark wedge reaching the cortex
             a = rng.uniform(0, 2 * math.pi)
             pts = [(cx + r * 0.34 * math.cos(t), cy + r * 0.39 * math.sin(t))
                    for r, ts in ((1.0, np.linspace(a, a + 1.2, 12)), (0.35, np.linspace(a + 1.2, a, 12))) for t in ts]
             d.polygon([(x * S, y * S) for x, y in pts], fill=55)
     elif sc.anatomy == "knee":
-        E(d, S, cx, cy, 0.33, 0.52, fill=85)
-        R(d, S, cx - 0.14, -0.1, cx + 0.14, cy - 0.05, fill=205, radius=0.1)
-        R(d, S, cx - 0.15, cy + 0.05, cx + 0.15, 1.1, fill=195, radius=0.04)
-        E(d, S, cx + 0.24, cy - 0.12, 0.05, 0.1, fill=190)
-        R(d, S, cx - 0.15, cy - 0.05, cx + 0.15, cy - 0.03, fill=140)
+        ellipse(d, S, cx, cy, 0.33, 0.52, fill=85)
+        rect(d, S, cx - 0.14, -0.1, cx + 0.14, cy - 0.05, fill=205, radius=0.1)
+        rect(d, S, cx - 0.15, cy + 0.05, cx + 0.15, 1.1, fill=195, radius=0.04)
+        ellipse(d, S, cx + 0.24, cy - 0.12, 0.05, 0.1, fill=190)
+        rect(d, S, cx - 0.15, cy - 0.05, cx + 0.15, cy - 0.03, fill=140)
     else:  # spine, sagittal
-        R(d, S, cx - 0.36, 0, cx + 0.36, 1, fill=70)
+        rect(d, S, cx - 0.36, 0, cx + 0.36, 1, fill=70)
         for k in range(5):
             y = 0.04 + k * 0.19
-            R(d, S, cx - 0.2, y, cx + 0.04, y + 0.14, fill=170, radius=0.02)
-            R(d, S, cx + 0.2, y + 0.03, cx + 0.32, y + 0.11, fill=150, radius=0.02)
-        R(d, S, cx + 0.07, 0, cx + 0.15, 1, fill=235)
-        R(d, S, cx + 0.095, 0, cx + 0.125, 1, fill=110)
+            rect(d, S, cx - 0.2, y, cx + 0.04, y + 0.14, fill=170, radius=0.02)
+            rect(d, S, cx + 0.2, y + 0.03, cx + 0.32, y + 0.11, fill=150, radius=0.02)
+        rect(d, S, cx + 0.07, 0, cx + 0.15, 1, fill=235)
+        rect(d, S, cx + 0.095, 0, cx + 0.125, 1, fill=110)
     if sc.finding == "tumor":
         ox, oy = cx + sc.loc[0], cy + sc.loc[1]
-        E(d, S, ox, oy, sc.size, fill=252, outline=45, width=0.018)
+        ellipse(d, S, ox, oy, sc.size, fill=252, outline=45, width=0.018)
     return finish(im, rng)
 
 
@@ -139,26 +141,26 @@ def draw_xray(rng, S, sc: Scene) -> Image.Image:
     d = ImageDraw.Draw(im)
     cx, cy = jitter(rng)
     if sc.anatomy == "chest":
-        E(d, S, cx, cy + 0.12, 0.47, 0.58, fill=145)
+        ellipse(d, S, cx, cy + 0.12, 0.47, 0.58, fill=145)
         for s in (-1, 1):
-            E(d, S, cx + s * 0.19, cy - 0.01, 0.15, 0.31, fill=45)
-        R(d, S, cx - 0.05, 0, cx + 0.05, 1, fill=195)
+            ellipse(d, S, cx + s * 0.19, cy - 0.01, 0.15, 0.31, fill=45)
+        rect(d, S, cx - 0.05, 0, cx + 0.05, 1, fill=195)
         hw = 0.25 if sc.finding == "cardiomegaly" else 0.12
-        E(d, S, cx + 0.04, cy + 0.16, hw, 0.13, fill=190)
+        ellipse(d, S, cx + 0.04, cy + 0.16, hw, 0.13, fill=190)
         for s in (-1, 1):
-            L(d, S, [(cx + s * 0.04, cy - 0.36), (cx + s * 0.3, cy - 0.41)], fill=200, width=0.025)
+            polyline(d, S, [(cx + s * 0.04, cy - 0.36), (cx + s * 0.3, cy - 0.41)], fill=200, width=0.025)
             for k in range(6):
                 y0 = cy - 0.3 + k * 0.1
-                L(d, S, [(cx + s * (0.04 + 0.32 * t), y0 + 0.07 * t * t) for t in np.linspace(0, 1, 8)],
+                polyline(d, S, [(cx + s * (0.04 + 0.32 * t), y0 + 0.07 * t * t) for t in np.linspace(0, 1, 8)],
                   fill=165, width=0.018)
         ox, oy = cx + sc.loc[0], cy + sc.loc[1]
         if sc.finding == "pneumonia":  # a soft white cloud filling the lower part of one lung
             mask = Image.new("L", (S, S), 0)
-            E(ImageDraw.Draw(mask), S, ox, oy, 0.13, 0.15, fill=255)
+            ellipse(ImageDraw.Draw(mask), S, ox, oy, 0.13, 0.15, fill=255)
             mask = mask.filter(ImageFilter.GaussianBlur(0.03 * S))
             im = Image.composite(Image.new("L", (S, S), 215), im, mask)
         elif sc.finding == "nodule":
-            E(d, S, ox, oy, sc.size, fill=240)
+            ellipse(d, S, ox, oy, sc.size, fill=240)
     elif sc.anatomy == "hand":
         d.polygon([(x * S, y * S) for x, y in [(cx - 0.22, 1.0), (cx - 0.26, cy + 0.05), (cx - 0.2, cy - 0.35),
                                                 (cx + 0.2, cy - 0.35), (cx + 0.3, cy), (cx + 0.18, 1.0)]], fill=95)
@@ -166,17 +168,17 @@ def draw_xray(rng, S, sc: Scene) -> Image.Image:
             x0 = cx - 0.14 + k * 0.07
             ln = 0.25 if k == 0 else 0.42
             pts = [(x0 + math.sin(a) * t, cy + 0.3 - math.cos(a) * t) for t in (0.0, 0.25 * ln / 0.42, ln)]
-            L(d, S, pts, fill=225, width=0.04)
+            polyline(d, S, pts, fill=225, width=0.04)
             if k == 0:
-                L(d, S, [(cx - 0.14, cy + 0.3), (cx - 0.34, cy - 0.05)], fill=225, width=0.045)
-        E(d, S, cx - 0.02, cy + 0.38, 0.12, 0.06, fill=215)
+                polyline(d, S, [(cx - 0.14, cy + 0.3), (cx - 0.34, cy - 0.05)], fill=225, width=0.045)
+        ellipse(d, S, cx - 0.02, cy + 0.38, 0.12, 0.06, fill=215)
     else:  # knee, AP
-        R(d, S, cx - 0.26, 0, cx + 0.26, 1, fill=105)
-        R(d, S, cx - 0.1, -0.1, cx + 0.1, cy - 0.08, fill=225)
-        E(d, S, cx, cy - 0.08, 0.18, 0.07, fill=230)
-        R(d, S, cx - 0.18, cy + 0.05, cx + 0.18, cy + 0.11, fill=225, radius=0.02)
-        R(d, S, cx - 0.11, cy + 0.05, cx + 0.11, 1.1, fill=220)
-        R(d, S, cx + 0.15, cy + 0.14, cx + 0.2, 1.1, fill=200)
+        rect(d, S, cx - 0.26, 0, cx + 0.26, 1, fill=105)
+        rect(d, S, cx - 0.1, -0.1, cx + 0.1, cy - 0.08, fill=225)
+        ellipse(d, S, cx, cy - 0.08, 0.18, 0.07, fill=230)
+        rect(d, S, cx - 0.18, cy + 0.05, cx + 0.18, cy + 0.11, fill=225, radius=0.02)
+        rect(d, S, cx - 0.11, cy + 0.05, cx + 0.11, 1.1, fill=220)
+        rect(d, S, cx + 0.15, cy + 0.14, cx + 0.2, 1.1, fill=200)
     return finish(im, rng)
 
 
@@ -189,25 +191,25 @@ def draw_ultrasound(rng, S, sc: Scene) -> Image.Image:
     d.pieslice([(ax - rad) * S, (ay - rad) * S, (ax + rad) * S, (ay + rad) * S], 50, 130, fill=115)
     if sc.anatomy == "heart":
         for sx, sy in ((-1, -1), (1, -1), (-1, 1), (1, 1)):
-            E(d, S, cx + sx * 0.1, cy + 0.05 + sy * 0.12, 0.075, 0.095, fill=8)
+            ellipse(d, S, cx + sx * 0.1, cy + 0.05 + sy * 0.12, 0.075, 0.095, fill=8)
     elif sc.anatomy == "fetus":
-        E(d, S, cx, cy + 0.12, 0.3, 0.24, fill=8)
-        E(d, S, cx - 0.11, cy + 0.08, 0.1, fill=80, outline=250, width=0.025)
-        E(d, S, cx + 0.1, cy + 0.18, 0.14, 0.08, fill=140)
+        ellipse(d, S, cx, cy + 0.12, 0.3, 0.24, fill=8)
+        ellipse(d, S, cx - 0.11, cy + 0.08, 0.1, fill=80, outline=250, width=0.025)
+        ellipse(d, S, cx + 0.1, cy + 0.18, 0.14, 0.08, fill=140)
     else:  # liver
         for _ in range(3):
-            E(d, S, cx + rng.uniform(-0.2, 0.2), cy + rng.uniform(-0.05, 0.2), 0.025, fill=15)
+            ellipse(d, S, cx + rng.uniform(-0.2, 0.2), cy + rng.uniform(-0.05, 0.2), 0.025, fill=15)
         d.arc([(cx - 0.45) * S, (cy + 0.25) * S, (cx + 0.45) * S, (cy + 0.7) * S], 200, 340, fill=235,
               width=max(1, round(0.025 * S)))
     ox, oy = cx + sc.loc[0], cy + 0.05 + sc.loc[1]
     if sc.finding == "cyst":  # anechoic with posterior enhancement
-        R(d, S, ox - sc.size, oy, ox + sc.size, 1.0, fill=175)
-        E(d, S, ox, oy, sc.size, fill=0)
+        rect(d, S, ox - sc.size, oy, ox + sc.size, 1.0, fill=175)
+        ellipse(d, S, ox, oy, sc.size, fill=0)
     elif sc.finding == "stone":  # bright echo casting an acoustic shadow
-        R(d, S, ox - sc.size * 0.7, oy, ox + sc.size * 0.7, 1.0, fill=0)
-        E(d, S, ox, oy, sc.size * 0.7, fill=255)
+        rect(d, S, ox - sc.size * 0.7, oy, ox + sc.size * 0.7, 1.0, fill=0)
+        ellipse(d, S, ox, oy, sc.size * 0.7, fill=255)
     elif sc.finding == "mass":
-        E(d, S, ox, oy, sc.size, fill=215, outline=20, width=0.02)
+        ellipse(d, S, ox, oy, sc.size, fill=215, outline=20, width=0.02)
     fan = Image.new("L", (S, S), 0)
     ImageDraw.Draw(fan).pieslice([(ax - rad) * S, (ay - rad) * S, (ax + rad) * S, (ay + rad) * S], 50, 130, fill=255)
     e = np.asarray(echo.filter(ImageFilter.GaussianBlur(0.6 * S / 112)), dtype=np.float32)
@@ -269,5 +271,5 @@ def draw_oct(rng, S, sc: Scene) -> Image.Image:
     a = a * rng.gamma(5.0, 1 / 5.0, a.shape).astype(np.float32)
     im = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
     if sc.finding == "macular edema" and sc.size > 0 and sc.anatomy != "cornea":
-        E(ImageDraw.Draw(im), S, edema_at[0], edema_at[1], sc.size * 1.3, sc.size * 0.9, fill=5)
+        ellipse(ImageDraw.Draw(im), S, edema_at[0], edema_at[1], sc.size * 1.3, sc.size * 0.9, fill=5)
     return finish(im, rng, noise=3, blur=0.4)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipelines.data.synthetic_draw import E, L, Scene, finish, jitter
+from pipelines.data.synthetic_draw import Scene, ellipse, finish, jitter, polyline
 
 DERM_COLORS = {"brown": (150, 95, 60), "black": (35, 28, 30), "red": (205, 40, 55), "blue": (70, 95, 175)}
 
@@ -37,7 +37,7 @@ def draw_fundus(rng, S, sc: Scene) -> Image.Image:
     im = Image.new("RGB", (S, S), (0, 0, 0))
     d = ImageDraw.Draw(im)
     cx, cy = jitter(rng, 0.015)
-    E(d, S, cx, cy, 0.46, fill=(205, 80, 35))
+    ellipse(d, S, cx, cy, 0.46, fill=(205, 80, 35))
     side = 1 if rng.uniform() < 0.5 else -1
     if sc.anatomy == "optic disc":
         disc, mac = (cx, cy), (cx + side * 0.28, cy)
@@ -51,32 +51,32 @@ def draw_fundus(rng, S, sc: Scene) -> Image.Image:
             for spread in (0.6, 1.0):
                 pts = [(disc[0] - side * 0.5 * t * (1 if sc.anatomy != "optic disc" else spread),
                         disc[1] + sy * (0.28 * spread) * math.sin(t * 2.2)) for t in np.linspace(0, 0.9, 10)]
-                L(d, S, pts, fill=vessel, width=0.02)
+                polyline(d, S, pts, fill=vessel, width=0.02)
     else:
         for _ in range(4):
             y0, a = rng.uniform(0.2, 0.8), rng.uniform(-0.3, 0.3)
-            L(d, S, [(0.05 + t, y0 + a * t + 0.1 * math.sin(4 * t)) for t in np.linspace(0, 0.9, 10)],
+            polyline(d, S, [(0.05 + t, y0 + a * t + 0.1 * math.sin(4 * t)) for t in np.linspace(0, 0.9, 10)],
               fill=vessel, width=0.012)
     if mac is not None:
-        E(d, S, mac[0], mac[1], 0.075, fill=(160, 55, 25))
-        E(d, S, mac[0], mac[1], 0.025, fill=(120, 35, 20))
+        ellipse(d, S, mac[0], mac[1], 0.075, fill=(160, 55, 25))
+        ellipse(d, S, mac[0], mac[1], 0.025, fill=(120, 35, 20))
     if disc is not None:
         big = sc.finding == "glaucoma"
-        E(d, S, disc[0], disc[1], 0.1 if big else 0.065, 0.11 if big else 0.075, fill=(245, 200, 120))
-        E(d, S, disc[0], disc[1], 0.085 if big else 0.028, fill=(255, 245, 215))
+        ellipse(d, S, disc[0], disc[1], 0.1 if big else 0.065, 0.11 if big else 0.075, fill=(245, 200, 120))
+        ellipse(d, S, disc[0], disc[1], 0.085 if big else 0.028, fill=(255, 245, 215))
     if sc.finding == "diabetic retinopathy":
         for x, y in _spots(rng, sc.count, cx, cy, 0.36, min_sep=0.06):
-            E(d, S, x, y, 0.04, fill=(250, 235, 95))
+            ellipse(d, S, x, y, 0.04, fill=(250, 235, 95))
         for x, y in _spots(rng, sc.count // 2, cx, cy, 0.36):
-            E(d, S, x, y, 0.018, fill=(110, 10, 10))
+            ellipse(d, S, x, y, 0.018, fill=(110, 10, 10))
     elif sc.finding == "retinal vein occlusion":  # flame haemorrhages over one half
         sy = 1 if rng.uniform() < 0.5 else -1
         for _ in range(16):
             x, y = cx + rng.uniform(-0.3, 0.3), cy + sy * rng.uniform(0.05, 0.33)
             a = rng.uniform(0, math.pi)
-            L(d, S, [(x, y), (x + 0.07 * math.cos(a), y + 0.07 * math.sin(a))], fill=(95, 8, 8), width=0.03)
+            polyline(d, S, [(x, y), (x + 0.07 * math.cos(a), y + 0.07 * math.sin(a))], fill=(95, 8, 8), width=0.03)
     elif sc.finding == "hemorrhage":
-        E(d, S, cx + sc.loc[0], cy + sc.loc[1], sc.size, fill=(85, 5, 5))
+        ellipse(d, S, cx + sc.loc[0], cy + sc.loc[1], sc.size, fill=(85, 5, 5))
     return finish(_vignette(im, cx, cy, 0.46), rng, noise=3, blur=0.6)
 
 
@@ -89,7 +89,7 @@ def _blob(d, S, cx, cy, r, fill, irregular=0.0, rng=None):
                for k, rr in enumerate(radii)]
         d.polygon([(x * S, y * S) for x, y in pts], fill=fill)
     else:
-        E(d, S, cx, cy, r, r * 0.92, fill=fill)
+        ellipse(d, S, cx, cy, r, r * 0.92, fill=fill)
 
 
 def draw_dermoscopy(rng, S, sc: Scene) -> Image.Image:
@@ -101,15 +101,15 @@ def draw_dermoscopy(rng, S, sc: Scene) -> Image.Image:
     if sc.anatomy == "palm or sole":
         for k in range(-12, 13):
             x0 = 0.5 + k * 0.075
-            L(d, S, [(x0 - 0.5, -0.05), (x0 + 0.5, 1.05)], fill=darker, width=0.02)
+            polyline(d, S, [(x0 - 0.5, -0.05), (x0 + 0.5, 1.05)], fill=darker, width=0.02)
     elif sc.anatomy == "nail":
         d.rounded_rectangle([0.22 * S, 0.06 * S, 0.78 * S, 0.9 * S], radius=0.2 * S, fill=(238, 178, 180))
-        E(d, S, 0.5, 0.82, 0.2, 0.1, fill=(250, 235, 235))
-        L(d, S, [(0.22, 0.9), (0.78, 0.9)], fill=darker, width=0.03)
+        ellipse(d, S, 0.5, 0.82, 0.2, 0.1, fill=(250, 235, 235))
+        polyline(d, S, [(0.22, 0.9), (0.78, 0.9)], fill=darker, width=0.03)
     else:  # trunk: plain skin with a few hairs
         for _ in range(3):
             x, y, a = rng.uniform(0.1, 0.9), rng.uniform(0.1, 0.9), rng.uniform(0, math.pi)
-            L(d, S, [(x + 0.3 * t * math.cos(a), y + 0.3 * t * math.sin(a) + 0.05 * t * t) for t in (0, .5, 1)],
+            polyline(d, S, [(x + 0.3 * t * math.cos(a), y + 0.3 * t * math.sin(a) + 0.05 * t * t) for t in (0, .5, 1)],
               fill=(60, 40, 30), width=0.012)
     f = sc.finding
     if sc.anatomy == "nail" and f in ("nevus", "normal"):
@@ -117,22 +117,22 @@ def draw_dermoscopy(rng, S, sc: Scene) -> Image.Image:
     elif sc.anatomy == "palm or sole" and f in ("nevus", "normal"):
         for k in range(-2, 3):
             x0 = cx + k * 0.075
-            L(d, S, [(x0 - 0.12, cy - 0.24), (x0 + 0.12, cy + 0.24)], fill=(125, 75, 50), width=0.03)
+            polyline(d, S, [(x0 - 0.12, cy - 0.24), (x0 + 0.12, cy + 0.24)], fill=(125, 75, 50), width=0.03)
     elif f == "melanoma":
         _blob(d, S, cx, cy, 0.27, (90, 55, 40), 0.35, rng)
         for col in ((35, 25, 30), (75, 85, 130), (35, 25, 30)):
             _blob(d, S, cx + rng.uniform(-0.1, 0.1), cy + rng.uniform(-0.1, 0.1), 0.1, col, 0.4, rng)
     elif f == "vascular lesion":
         for _ in range(5):
-            E(d, S, cx + rng.uniform(-0.1, 0.1), cy + rng.uniform(-0.1, 0.1), 0.08,
+            ellipse(d, S, cx + rng.uniform(-0.1, 0.1), cy + rng.uniform(-0.1, 0.1), 0.08,
               fill=(175, 30, 60) if rng.uniform() < 0.6 else (120, 30, 90), outline=(235, 200, 200), width=0.01)
     elif f == "seborrheic keratosis":
         _blob(d, S, cx, cy, 0.22, (190, 155, 90))
         for x, y in _spots(rng, 8, cx, cy, 0.16):
-            E(d, S, x, y, 0.022, fill=(248, 244, 225))
+            ellipse(d, S, x, y, 0.022, fill=(248, 244, 225))
         for _ in range(3):
             y = cy + rng.uniform(-0.12, 0.12)
-            L(d, S, [(cx - 0.14, y), (cx, y + 0.03), (cx + 0.14, y)], fill=(120, 90, 50), width=0.015)
+            polyline(d, S, [(cx - 0.14, y), (cx, y + 0.03), (cx + 0.14, y)], fill=(120, 90, 50), width=0.015)
     elif f in ("nevus", "colored"):
         col = DERM_COLORS[sc.color] if f == "colored" else DERM_COLORS["brown"]
         _blob(d, S, cx, cy, sc.size, col)
@@ -161,14 +161,14 @@ def draw_microscopy(rng, S, sc: Scene) -> Image.Image:
                 hexagon = [(x0 + 0.075 * math.cos(math.pi / 3 * k + math.pi / 6),
                             y0 + 0.075 * math.sin(math.pi / 3 * k + math.pi / 6)) for k in range(6)]
                 d.polygon([(x * S, y * S) for x, y in hexagon], fill=(230, 160, 190), outline=(150, 80, 130))
-                E(d, S, x0, y0, 0.028, fill=NUCLEUS)
+                ellipse(d, S, x0, y0, 0.028, fill=NUCLEUS)
     elif sc.anatomy == "muscle tissue":  # long parallel fibres with elongated nuclei
         off = rng.uniform(0, 0.1)
         for k in range(9):
             y0 = off + k * 0.12 - 0.05
             d.rectangle([0, y0 * S, S, (y0 + 0.1) * S], fill=(215, 115, 140) if k % 2 else (225, 135, 155))
             for _ in range(2):
-                E(d, S, rng.uniform(0.05, 0.95), y0 + 0.05, 0.05, 0.014, fill=NUCLEUS)
+                ellipse(d, S, rng.uniform(0.05, 0.95), y0 + 0.05, 0.05, 0.014, fill=NUCLEUS)
     else:  # blood smear
         n = sc.count if sc.finding == "normal" and sc.count else 16
         r = 0.048 if n < 30 else 0.042
@@ -178,12 +178,12 @@ def draw_microscopy(rng, S, sc: Scene) -> Image.Image:
                 ux, uy = math.cos(a), math.sin(a)
                 pts = [(x + 1.8 * r * t * ux - 0.8 * r * (1 - t * t) * uy, y + 1.8 * r * t * uy + 0.8 * r * (1 - t * t) * ux)
                        for t in np.linspace(-1, 1, 7)]
-                L(d, S, pts, fill=RBC, width=0.05)
+                polyline(d, S, pts, fill=RBC, width=0.05)
             else:
-                E(d, S, x, y, r, fill=RBC)
-                E(d, S, x, y, r * 0.4, fill=RBC_PALE)
+                ellipse(d, S, x, y, r, fill=RBC)
+                ellipse(d, S, x, y, r * 0.4, fill=RBC_PALE)
         if sc.finding == "leukemia":
             for x, y in _spots(rng, sc.count, 0.5, 0.5, 0.4, min_sep=0.15):
-                E(d, S, x, y, 0.08, fill=BLAST)
-                E(d, S, x, y, 0.065, fill=NUCLEUS)
+                ellipse(d, S, x, y, 0.08, fill=BLAST)
+                ellipse(d, S, x, y, 0.065, fill=NUCLEUS)
     return finish(im, rng, noise=3, blur=0.5)
