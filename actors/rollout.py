@@ -31,6 +31,7 @@ from safetensors.torch import save
 
 from actors.sharding import contiguous_shards
 from actors.vllm_engine import RolloutEngine
+from cluster.ray_utils import describe_failure
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +226,7 @@ class RolloutPool:
                 out = ray.get(ref)
             except _ACTOR_FAILURES as e:
                 if attempt >= self.max_reissues:
-                    raise RuntimeError(f"rollout prompts {idx[:3]}... failed {attempt + 1} times; last: {e}") from e
+                    raise RuntimeError(f"rollout prompts {idx[:3]}... failed {attempt + 1} times; last: {describe_failure(e)}") from e
                 self.restarts += 1
                 target = self._recover(wi)
                 log.warning("rollout-%d died (%s); re-issuing %d prompts to rollout-%d", wi, type(e).__name__,
@@ -273,7 +274,7 @@ class RolloutPool:
             except _ACTOR_FAILURES + (ray.exceptions.GetTimeoutError,) as e:
                 # ActorUnavailableError while Ray restarts it; ActorDiedError once restarts are used up.
                 if isinstance(e, ActorDiedError) or time.monotonic() > deadline:
-                    raise RuntimeError(f"rollout-{i} did not come back: {e}") from e
+                    raise RuntimeError(f"rollout-{i} did not come back: {describe_failure(e)}") from e
                 time.sleep(2.0)
 
     def _alive(self, i: int) -> bool:

@@ -1,10 +1,12 @@
 """Small Ray helpers shared by the actors and the pipelines."""
 from __future__ import annotations
 
+import re
 import socket
 from typing import Iterable
 
 import ray
+from ray.exceptions import RayTaskError
 from ray.util.placement_group import remove_placement_group
 
 
@@ -35,3 +37,28 @@ def remove_placement_groups_quietly(groups: Iterable) -> None:
             remove_placement_group(pg)
         except Exception:
             pass
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def describe_failure(error: BaseException, max_lines: int = 6) -> str:
+    """The root exception's type and message, and which actor call raised it.
+
+    Ray wraps an actor's exception as ``RayTaskError(ValueError)`` whose first line only
+    names the call (``ray::LearnerWorker.train_step() (pid=..., ...)``); the cause is what
+    a user needs to see. Nested wrappers (an actor calling another) are unwrapped too."""
+    cause, where = error, ""
+    while isinstance(cause, RayTaskError):
+        first = _ANSI.sub("", str(cause).strip().splitlines()[0]) if str(cause).strip() else ""
+        where = where or first.split(" (pid=")[0] + (f" (pid={first.split('pid=')[1].split(',')[0]})"
+                                                     if "pid=" in first else "")
+        if cause.cause is None or cause.cause is cause:
+            break
+        cause = cause.cause
+    lines = [ln for ln in _ANSI.sub("", str(cause)).strip().splitlines() if ln.strip()]
+    text = "\n".join(lines[:max_lines]) + (" ..." if len(lines) > max_lines else "")
+    message = f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+    if where:
+        message += f"\n  raised in {where}; its full traceback is in that worker's log (printed above, and in ray logs)"
+    return message

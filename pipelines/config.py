@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from pipelines.choices import (
@@ -304,6 +304,9 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
             file_cfg = OmegaConf.load(path)
         except Exception as e:  # yaml errors carry line numbers; keep them
             raise ConfigError(f"{path}: cannot parse YAML: {e}") from None
+        if not isinstance(file_cfg, DictConfig):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections (model:, data:, rollout:, ...), "
+                              f"not a {'list' if isinstance(file_cfg, ListConfig) else type(file_cfg).__name__}")
         _apply_aliases(file_cfg)
         try:
             cfg = OmegaConf.merge(cfg, file_cfg)
@@ -313,11 +316,11 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value (e.g. rollout.num_workers=4)")
         key, _, value = item.partition("=")
-        item = f"{_ALIASES.get(key.strip(), key.strip())}={value}"
+        key = _ALIASES.get(key.strip(), key.strip())
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+            cfg = _merge_override(cfg, key, value)
         except OmegaConfBaseException as e:
-            raise ConfigError(_explain(e, schema, f"override '{item}'")) from None
+            raise ConfigError(_explain(e, schema, f"override '{key}={value}'")) from None
     return config_from(cfg)
 
 
@@ -326,6 +329,17 @@ def config_from(cfg: Any) -> MedR1Config:
     obj = OmegaConf.to_object(cfg)
     validate(obj)
     return obj
+
+
+def _merge_override(cfg, key: str, value: str):
+    """Merge one ``key=value``. An empty value (``key=``) means null where the field may be
+    null, and the empty string where it is a plain string (e.g. ``sft.warmstart_dir=``: off)."""
+    try:
+        return OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"{key}={value}"]))
+    except ValidationError:
+        if value.strip():
+            raise
+        return OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"{key}=''"]))
 
 
 def resolve_config_path(path: str | Path) -> Path:

@@ -88,3 +88,36 @@ def test_async_alias_from_overrides_and_yaml(tmp_path):
 def test_mode_combinations_refused(overrides, needle):
     with pytest.raises(ConfigError, match=needle):
         load_config("smoke.yaml", overrides)
+
+
+@pytest.mark.parametrize("value", ["", "''", '""'])
+def test_empty_override_is_the_empty_string_for_a_string_field(value):
+    cfg = load_config("smoke.yaml", [f"sft.warmstart_dir={value}"])
+    assert cfg.sft.warmstart_dir == ""
+
+
+def test_empty_override_is_null_where_the_field_may_be_null():
+    assert load_config("smoke.yaml", ["cluster.address=10.0.0.1:6379", "cluster.address="]).cluster.address is None
+
+
+def test_empty_override_of_a_number_is_refused():
+    with pytest.raises(ConfigError, match="rollout.num_workers"):
+        load_config("smoke.yaml", ["rollout.num_workers="])
+
+
+@pytest.mark.parametrize("text, needle", [("- model\n- data\n", "the top level must be a mapping.*not a list"),
+                                          ("just a string\n", "unknown config key 'just a string'")])
+def test_config_file_whose_root_is_not_a_mapping(tmp_path, text, needle):
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=f"bad.yaml: {needle}"):
+        load_config(f)
+
+
+def test_loaded_config_is_a_real_dataclass_with_enums():
+    from pipelines.choices import PromptStyle
+    from pipelines.config import MedR1Config
+
+    cfg = load_config("tiny_cpu.yaml")
+    assert type(cfg) is MedR1Config and isinstance(cfg.data.prompt_style, PromptStyle)
+    assert f"{cfg.data.prompt_style}" == cfg.data.prompt_style.value  # a StrEnum formats as its value

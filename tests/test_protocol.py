@@ -172,18 +172,22 @@ def test_empty_matrix_still_writes_a_report(tmp_path):
 
 @pytest.mark.slow
 def test_reduced_protocol_end_to_end(ray_session, tiny_model_dir, tmp_path):
-    """One real GRPO step on CT as a Ray task, then the base and the trained model evaluated
-    on every test modality; the report's numbers equal the traces'."""
+    """One real GRPO step on CT and one on MRI (each with its own format warm-start), then
+    the base and the trained models evaluated on every test modality; the report's numbers
+    equal the traces'."""
     from pipelines.config import load_config
 
     cfg = load_config("smoke", [f"model.path={tiny_model_dir}", f"data.prepared_dir={tmp_path / 'data'}",
                                 "data.synthetic.test_fraction=0.5", f"trainer.output_dir={tmp_path / 'run'}",
+                                f"sft.warmstart_dir={tmp_path / 'warm'}",
                                 "logging.progress=false", "logging.tensorboard=false", "logging.ray_metrics=false",
                                 "eval.max_samples=4"])
     proto = tmp_path / "proto"
-    m = P.run_protocol(cfg, "cross-modality", protocol_dir=proto, domains=["CT"], steps=1, max_parallel=1,
+    m = P.run_protocol(cfg, "cross-modality", protocol_dir=proto, domains=["CT", "MRI"], steps=1, max_parallel=1,
                        eval_workers=1, eval_max_samples=16)
-    assert m["rows"] == ["base", "CT"], "a cell failed: see the log"
+    assert m["rows"] == ["base", "CT", "MRI"], "a cell failed: see the log"
+    for row in ("CT", "MRI"):
+        assert (M.cell_path(proto, row) / "warmstart" / "hf" / "config.json").is_file(), row
     assert len(m["cols"]) == 8 and sum(m["n"]["CT"].values()) == 16
     assert (M.cell_path(proto, "CT") / "checkpoints" / "final" / "hf" / "config.json").is_file()
     cell = json.loads((M.cell_path(proto, "CT") / "cell.json").read_text())
@@ -193,3 +197,16 @@ def test_reduced_protocol_end_to_end(ray_session, tiny_model_dir, tmp_path):
     assert again["accuracy"] == saved["accuracy"] and again["n"] == saved["n"]
     for name in ("report.md", "matrix.csv", "heatmap_accuracy.png", "heatmap_improvement.png", "bars_by_domain.png"):
         assert (proto / name).is_file(), name
+
+
+def test_each_cell_gets_its_own_warmstart(tmp_path):
+    from pipelines.config import load_config, to_dict
+
+    base = to_dict(load_config("smoke", ["sft.warmstart_dir=outputs/smoke/warm"]))
+    a = P.cell_config(base, "cross-modality", "CT", tmp_path / "runs" / "ct", steps=1)
+    b = P.cell_config(base, "cross-modality", "MRI", tmp_path / "runs" / "mri", steps=1)
+    assert a["sft"]["warmstart_dir"] == str(tmp_path / "runs" / "ct" / "warmstart")
+    assert b["sft"]["warmstart_dir"] != a["sft"]["warmstart_dir"]
+    assert a["data"]["modalities"] == ["CT"] and base["sft"]["warmstart_dir"] == "outputs/smoke/warm"
+    off = to_dict(load_config("smoke", ["sft.warmstart_dir="]))
+    assert P.cell_config(off, "cross-modality", "CT", tmp_path, steps=1)["sft"]["warmstart_dir"] == ""

@@ -7,6 +7,7 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
 
 from pipelines.config import ConfigError
 from pipelines.errors import RunStopped, UserError
@@ -46,5 +47,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except RunStopped as e:
         print(f"medr1 {args.command}: stopped: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        if not type(e).__module__.startswith("ray."):
+            raise
+        # An actor failed and nothing above handled it: Ray's own message starts with its wrapper
+        # line, so say the root exception's type and message last, where the eye lands.
+        from cluster.ray_utils import describe_failure  # Ray is loaded by now
+
+        traceback.print_exc()
+        print(f"medr1 {args.command}: failed in a Ray actor: {describe_failure(e)}", file=sys.stderr)
         return 1
 

@@ -84,6 +84,10 @@ def cell_config(base: dict, kind: str, domain: str, run_dir: Path, steps: Option
     d["data"]["question_types"] = [domain] if KINDS[kind] == "question_type" else []
     d["trainer"]["output_dir"] = str(run_dir)
     d["trainer"]["resume_from"] = None
+    if d["sft"]["warmstart_dir"]:
+        # A warm-start is built from the records a run trains on, and each cell trains on its own
+        # domain: one warm-start per cell, beside its run, reused when the protocol is rerun.
+        d["sft"]["warmstart_dir"] = str(run_dir / "warmstart")
     if steps is not None:
         d["trainer"]["total_steps"] = int(steps)
     return d

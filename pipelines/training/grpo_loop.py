@@ -24,6 +24,7 @@ import ray
 import torch
 from tqdm import tqdm
 
+from cluster.ray_utils import describe_failure
 from learner.grpo import compute_advantages, dead_group_mask
 from learner.samples import TrainSample
 from pipelines.data.cursor import DataCursor
@@ -255,9 +256,8 @@ class GRPOTrainer:
             where = (f"the last good checkpoint is {self.last_checkpoint}; resume with "
                      f"trainer.resume_from={self.last_checkpoint}" if self.last_checkpoint else
                      "no checkpoint was saved yet (set trainer.save_every to keep some)")
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise RunStopped(f"the learner failed during {what} at step {self.step + 1} "
-                             f"({type(e).__name__}: {first}); {where}") from e
+            raise RunStopped(f"the learner failed during {what} at step {self.step + 1}; {where}.\n"
+                             f"  cause: {describe_failure(e)}") from e
 
     # ------------------------------------------------------------------ eval / checkpoints
     def evaluate(self, tag: str) -> dict:
