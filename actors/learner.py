@@ -70,7 +70,7 @@ class LearnerWorker:
         return self._sender.broadcast(self.learner.engine.module, self._buckets[index])
 
 
-_SUMMED = {"num_tokens", "num_samples"}
+_SUMMED = {"num_tokens", "num_samples", "vision_tokens_masked"}
 _MAXED = {"learner_time", "optimizer_steps"}
 
 

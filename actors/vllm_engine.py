@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from learner.image_codec import decode_image
+from learner.policy import vision_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,8 @@ class RolloutEngine:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
+        # Never sample a vision special token: inside a completion it would read as an image placeholder.
+        self.banned_tokens = {i: -100.0 for i in vision_token_ids(self.tokenizer)}  # -100: vLLM's floor
         self.batch_retries = 0  # batches that failed and were re-run prompt by prompt (slow)
 
     def generate(
@@ -119,11 +122,13 @@ class RolloutEngine:
         seed: Optional[int] = None,
         logprobs: bool = True,
         use_tqdm: bool = False,
+        ban_vision_tokens: bool = True,
     ) -> list[PromptResult]:
         """``prompts``: dicts with ``id``, ``prompt`` (chat template applied) and ``image``.
 
         A prompt whose image cannot be decoded comes back with ``error`` set and no
-        completions; the others are generated as one batch.
+        completions; the others are generated as one batch. ``ban_vision_tokens=False``
+        lets the policy sample vision special tokens (only tests want that).
         """
         from vllm import SamplingParams
 
@@ -150,6 +155,7 @@ class RolloutEngine:
                     seed=p.get("seed", None if seed is None else seed + i),
                     logprobs=0 if logprobs else None,
                     skip_special_tokens=True,
+                    logit_bias=self.banned_tokens if ban_vision_tokens and self.banned_tokens else None,
                 )
             )
             index.append(i)

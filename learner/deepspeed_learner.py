@@ -1,6 +1,6 @@
 """One DeepSpeed ZeRO rank of the GRPO learner.
 
-The caller (``actors.learner_worker`` or a test) sets the torch.distributed env vars
+The caller (``actors.learner`` or a test) sets the torch.distributed env vars
 (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK) before constructing it.
 
 Decisions:
@@ -42,6 +42,7 @@ import torch
 import torch.distributed as dist
 from transformers import get_scheduler
 
+from learner import checkpoint_manifest
 from learner.grpo import grpo_loss
 from learner.image_codec import decode_image
 from learner.policy import (
@@ -288,6 +289,8 @@ class GRPOLearner:
         metrics["lr"] = lrs[0]
         metrics["num_tokens"] = float(sum(len(s.completion_ids) for s in samples))
         metrics["num_samples"] = float(len(samples))
+        # Sampled vision special tokens (vLLM is told not to sample them): fed as pad and not trained on.
+        metrics["vision_tokens_masked"] = float(sum(int(b["vision_tokens"]) for b, (_, w) in zip(batches, micro) if w > 0))
         metrics["optimizer_steps"] = float(self.optimizer_steps)
         metrics["learner_time"] = time.perf_counter() - t0
         return metrics
@@ -312,6 +315,9 @@ class GRPOLearner:
     def save_checkpoint(self, directory: str, client_state: Optional[dict] = None) -> str:
         """``dir/hf`` (safetensors + config + processor, rank 0) and ``dir/deepspeed`` (engine state). Collective."""
         d = Path(directory)
+        if self.rank == 0:
+            d.mkdir(parents=True, exist_ok=True)
+            checkpoint_manifest.unseal(d)
         sd = {name: t for name, _, t in self._gathered_params()}  # in-memory names; collective under ZeRO-3
         if self.rank == 0:
             hf = d / "hf"
@@ -324,11 +330,17 @@ class GRPOLearner:
                                     client_state={"medr1_client_state": dict(client_state or {}),
                                                   "medr1_optimizer_steps": self.optimizer_steps})
         if self.world_size > 1:
+            dist.barrier()  # every rank's shards are written before rank 0 seals them
+        if self.rank == 0:
+            checkpoint_manifest.seal(d)
+        if self.world_size > 1:
             dist.barrier()
         return str(d)
 
     def load_checkpoint(self, directory: str) -> dict:
-        """Restore weights, optimizer and scheduler from ``dir/deepspeed``; returns the saved client_state."""
+        """Restore weights, optimizer and scheduler from ``dir/deepspeed``; returns the saved client_state.
+        A checkpoint whose files do not match its manifest is refused (CheckpointError names the file)."""
+        checkpoint_manifest.verify(directory)
         path, client = self.engine.load_checkpoint(str(Path(directory) / "deepspeed"), tag=_DS_TAG,
                                                    load_optimizer_states=True, load_lr_scheduler_states=True)
         if path is None:

@@ -30,6 +30,19 @@ def resolve_dtype(dtype) -> torch.dtype:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}") from None
 
 
+# Qwen-VL's vision special tokens. A policy may sample them (untrained or drifting), but inside a
+# completion they would be read as image placeholders: one more <|image_pad|> than the image has
+# features fails the forward ("Image features and image tokens do not match"). vLLM is told never
+# to sample them; should one appear anyway, the learner neither feeds it as a placeholder nor trains on it.
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+
+
+def vision_token_ids(tokenizer) -> list[int]:
+    """Ids of the vision special tokens this tokenizer has."""
+    vocab = tokenizer.get_vocab()
+    return sorted(vocab[t] for t in VISION_TOKENS if t in vocab)
+
+
 def load_policy(path: str, dtype="float32", attn_implementation: str = "sdpa"):
     return Qwen2VLForConditionalGeneration.from_pretrained(
         path, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation, trust_remote_code=False)
@@ -47,10 +60,12 @@ def build_inputs(processor, samples: Sequence[TrainSample], pad_id: int) -> dict
       pixel_values [sum patches, D], image_grid_thw [B, 3]
       completion_ids, completion_mask, old_logprobs [B, T_c]  (T_c = longest completion)
       advantages [B], prompt_lengths [B], completion_lengths [B]
+      vision_tokens []  vision special tokens found in the completions (fed as pad, masked out)
     """
     if not samples:
         raise ValueError("build_inputs needs at least one sample")
     rows, pixel_values, grids = [], [], []
+    vision_ids = torch.tensor(vision_token_ids(processor.tokenizer), dtype=torch.long)
     for s in samples:
         enc = processor(text=[s.prompt_text], images=[decode_image(s.image)], return_tensors="pt")
         ids = enc["input_ids"][0]
@@ -70,14 +85,17 @@ def build_inputs(processor, samples: Sequence[TrainSample], pad_id: int) -> dict
     completion_ids = torch.full((B, Tc), int(pad_id), dtype=torch.long)
     completion_mask = torch.zeros((B, Tc), dtype=torch.float32)
     old_logprobs = torch.zeros((B, Tc), dtype=torch.float32)
+    vision_tokens = 0
     for i, ((ids, tt, comp), s) in enumerate(zip(rows, samples)):
         p, c = ids.numel(), comp.numel()
+        vision = torch.isin(comp, vision_ids)  # sampled vision tokens: not placeholders, not trained on
+        vision_tokens += int(vision.sum())
         input_ids[i, :p] = ids
-        input_ids[i, p:p + c] = comp
+        input_ids[i, p:p + c] = comp.masked_fill(vision, int(pad_id))
         attention_mask[i, :p + c] = 1
         mm_token_type_ids[i, :p] = tt
         completion_ids[i, :c] = comp
-        completion_mask[i, :c] = 1.0
+        completion_mask[i, :c] = (~vision).float()
         old_logprobs[i, :c] = torch.tensor(s.old_logprobs, dtype=torch.float32)
     return {
         "input_ids": input_ids,
@@ -91,6 +109,7 @@ def build_inputs(processor, samples: Sequence[TrainSample], pad_id: int) -> dict
         "advantages": torch.tensor([float(s.advantage) for s in samples], dtype=torch.float32),
         "prompt_lengths": P,
         "completion_lengths": C,
+        "vision_tokens": torch.tensor(vision_tokens),
     }
 
 

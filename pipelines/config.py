@@ -30,6 +30,8 @@ from pipelines.choices import (
     SFTTarget,
     SyncBackend,
 )
+from pipelines.config_checks import validate
+from pipelines.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -256,10 +258,6 @@ class MedR1Config:
     sft: SFTConfig = field(default_factory=SFTConfig)
 
 
-class ConfigError(ValueError):
-    """A config that cannot be used; the message says which key and why."""
-
-
 def _valid_keys(node: Any) -> list[str]:
     return sorted(node.keys()) if isinstance(node, DictConfig) else []
 
@@ -350,51 +348,6 @@ def resolve_config_path(path: str | Path) -> Path:
             return candidate
     known = sorted(x.name for x in CONFIG_DIR.glob("*.yaml"))
     raise ConfigError(f"config file '{path}' not found; the shipped configs are: {', '.join(known)}")
-
-
-def validate(cfg: Any) -> None:
-    """Checks that types alone cannot express."""
-    problems = []
-    if cfg.rollout.group_size < 2:
-        problems.append("rollout.group_size must be >= 2 (GRPO compares completions within a group)")
-    if cfg.rollout.num_workers < 1:
-        problems.append("rollout.num_workers must be >= 1")
-    if cfg.learner.num_workers < 1:
-        problems.append("learner.num_workers must be >= 1")
-    if cfg.reward.num_workers < 1:
-        problems.append("reward.num_workers must be >= 1")
-    if cfg.learner.zero_stage not in (0, 1, 2, 3):
-        problems.append(f"learner.zero_stage must be one of 0, 1, 2, 3 (got {cfg.learner.zero_stage})")
-    if not (0.0 <= cfg.grpo.clip_low < 1.0) or cfg.grpo.clip_high < 0.0:
-        problems.append("grpo.clip_low must be in [0, 1) and grpo.clip_high >= 0")
-    if cfg.grpo.beta < 0 or cfg.grpo.kl_clamp < 0:
-        problems.append("grpo.beta and grpo.kl_clamp must be >= 0")
-    if cfg.grpo.updates_per_batch < 1 or cfg.grpo.mini_batches < 1:
-        problems.append("grpo.updates_per_batch and grpo.mini_batches must be >= 1")
-    if cfg.trainer.prompts_per_step < 1:
-        problems.append("trainer.prompts_per_step must be >= 1")
-    if cfg.weight_sync.backend == SyncBackend.nccl and cfg.rollout.resources_per_worker.num_gpus <= 0:
-        problems.append("weight_sync.backend=nccl needs GPUs: set rollout.resources_per_worker.num_gpus > 0")
-    if cfg.rollout.async_mode and cfg.rollout.max_staleness < 1:
-        problems.append("rollout.async_mode=true needs rollout.max_staleness >= 1 (batches sampled ahead are at "
-                        "least one weight version old)")
-    if cfg.cluster.colocate:
-        ro, le = cfg.rollout.resources_per_worker, cfg.learner.resources_per_worker
-        if ro.num_gpus + le.num_gpus > 1.0:
-            problems.append(f"cluster.colocate=true shares one device per slot: rollout num_gpus ({ro.num_gpus}) + "
-                            f"learner num_gpus ({le.num_gpus}) must be <= 1 (e.g. 0.5 each)")
-    if cfg.cluster.colocate and cfg.rollout.async_mode:
-        problems.append("cluster.colocate=true with rollout.async_mode=true: colocated engines sleep while the "
-                        "learner runs, so there is nothing to overlap; choose one")
-    if cfg.rollout.sleep_level not in (1, 2):
-        problems.append(f"rollout.sleep_level must be 1 or 2 (got {cfg.rollout.sleep_level})")
-    if cfg.weight_sync.backend == SyncBackend.nccl and cfg.learner.zero_stage == 3:
-        problems.append("weight_sync.backend=nccl broadcasts from learner rank 0, which holds full weights only "
-                        "with learner.zero_stage <= 2; use weight_sync.backend=object_store with ZeRO-3")
-    if not cfg.reward.functions:
-        problems.append("reward.functions is empty: name at least one reward")
-    if problems:
-        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
 
 
 def to_yaml(cfg: Any) -> str:

@@ -16,3 +16,7 @@ class BadRecordError(UserError):
 
 class RunStopped(Exception):
     """A run that cannot go on (e.g. a learner rank died); the message says where to resume from."""
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message says which key and why."""

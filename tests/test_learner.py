@@ -121,6 +121,36 @@ def test_build_inputs_completion_mask(model_dir):
     assert torch.allclose(b["advantages"], torch.tensor([s.advantage for s in samples]))
 
 
+def _with_vision_tokens(processor, samples):
+    """The samples with vision special tokens sampled into their completions, as a drifting policy does."""
+    tok = processor.tokenizer
+    image_pad, vision_start = (tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|vision_start|>"))
+    for k, s in enumerate(samples):
+        s.completion_ids[1:1] = [vision_start, image_pad] if k % 2 == 0 else [image_pad]
+        s.old_logprobs[1:1] = [-7.5] * (2 if k % 2 == 0 else 1)
+    return samples, 2 * ((len(samples) + 1) // 2) + len(samples) // 2
+
+
+def test_build_inputs_never_reads_sampled_vision_tokens_as_placeholders(model_dir):
+    from learner.policy import build_inputs, load_processor
+
+    proc = load_processor(str(model_dir))
+    samples, n_vision = _with_vision_tokens(proc, make_samples(proc, 3))
+    pad = proc.tokenizer.pad_token_id
+    image_pad = proc.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    b = build_inputs(proc, samples, pad)
+    assert int(b["vision_tokens"]) == n_vision
+    for i, s in enumerate(samples):
+        P, C = int(b["prompt_lengths"][i]), len(s.completion_ids)
+        t, h, w = b["image_grid_thw"][i].tolist()
+        assert int((b["input_ids"][i] == image_pad).sum()) == t * h * w // 4  # the image's own, no more
+        is_vision = [c in (image_pad, proc.tokenizer.convert_tokens_to_ids("<|vision_start|>"))
+                     for c in s.completion_ids]
+        assert b["completion_mask"][i, :C].tolist() == [0.0 if v else 1.0 for v in is_vision]
+        assert [int(x) for x, v in zip(b["input_ids"][i, P:P + C], is_vision) if v] == [pad] * sum(is_vision)
+        assert b["completion_ids"][i, :C].tolist() == s.completion_ids  # kept for the record
+
+
 def test_completion_logprobs_equals_full_forward(model_dir):
     from learner.policy import MODEL_INPUT_KEYS, build_inputs, completion_logprobs, load_policy, load_processor
 
@@ -190,6 +220,15 @@ def test_train_step_changes_weights(learner):
     assert len(changed) > len(before) // 2
     m2 = learner.train_step(samples)
     assert m2["kl"] > 0 and np.isfinite(m2["loss"])
+
+
+def test_sampled_vision_tokens_train_through(learner):
+    """Without masking, one extra <|image_pad|> fails the forward ("Image features and image
+    tokens do not match"); with it, steps go on and the tokens are counted."""
+    samples, n_vision = _with_vision_tokens(learner.processor, make_samples(learner.processor, 4, seed=5))
+    for _ in range(3):
+        m = learner.train_step(samples)
+        assert np.isfinite(m["loss"]) and m["vision_tokens_masked"] == n_vision
 
 
 def test_push_state_dict_matches_checkpoint_names_and_model(learner, model_dir):
@@ -290,6 +329,20 @@ def test_checkpoint_round_trip(learner, tmp_path):
     for k in saved:
         torch.testing.assert_close(again[k], expected[k], atol=1e-6, rtol=0)
     assert m_again["loss"] == pytest.approx(m_next["loss"], abs=1e-6)
+
+
+def test_corrupted_checkpoint_is_refused(learner, tmp_path):
+    from learner.checkpoint_manifest import CheckpointError
+
+    ckpt = tmp_path / "ckpt"
+    learner.save_checkpoint(str(ckpt))
+    learner.load_checkpoint(str(ckpt))  # intact: loads
+    states = max((ckpt / "deepspeed").rglob("*model_states.pt"), key=lambda p: p.stat().st_size)
+    data = bytearray(states.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit in the middle of the model-state file
+    states.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=f"{states.relative_to(ckpt).as_posix()} does not match"):
+        learner.load_checkpoint(str(ckpt))
 
 
 def test_lr_schedules():

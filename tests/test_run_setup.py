@@ -31,11 +31,13 @@ def test_a_warm_start_is_reused_only_with_the_settings_it_was_built_with(tmp_pat
     import json
     import shutil
 
+    from learner.checkpoint_manifest import seal
     from pipelines.training.run_setup import ensure_warmstart, records_digest
 
     cfg = _cfg(tmp_path, f"sft.warmstart_dir={tmp_path / 'warm'}")
     train, _ = ensure_data(cfg)
-    shutil.copytree(tiny_model_dir, tmp_path / "warm" / "hf")  # as a finished warm-start leaves it
+    shutil.copytree(tiny_model_dir, tmp_path / "warm" / "hf")  # as a finished warm-start leaves it...
+    seal(tmp_path / "warm")  # ...sealed by its manifest
     with pytest.raises(UserError, match=r"warm-start in .*warm was built with other settings: base_model=None"):
         ensure_warmstart(cfg, str(tiny_model_dir), train)  # no record: built by an older version
     record = {"base_model": str(tiny_model_dir), "prompt_style": "think", "epochs": 2.0, "lr": 1e-3,

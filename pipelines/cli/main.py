@@ -9,8 +9,7 @@ import logging
 import sys
 import traceback
 
-from pipelines.config import ConfigError
-from pipelines.errors import RunStopped, UserError
+from pipelines.errors import ConfigError, RunStopped, UserError
 
 # Order is the order shown in --help.
 SUBCOMMAND_MODULES = [

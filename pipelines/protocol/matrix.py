@@ -126,7 +126,7 @@ def write_outputs(protocol_dir: Path, matrix: dict, meta: Optional[dict] = None)
         lines += ["![improvement over base](heatmap_improvement.png)", ""]
     lines += ["![accuracy by test domain](bars_by_domain.png)", "",
               "Every number is recomputable from `runs/<row>/eval/traces/eval-*.parquet` "
-              "(`pipelines.protocol.recompute_from_traces`).", ""]
+              "(`pipelines.protocol.matrix.recompute_from_traces`).", ""]
     (d / "report.md").write_text("\n".join(lines))
     paths["report.md"] = d / "report.md"
     return paths

@@ -1,4 +1,4 @@
-"""The GRPO loop of DESIGN.md, wiring the actors together.
+"""The GRPO loop (ARCHITECTURE.md, "One GRPO step"), wiring the actors together.
 
 One step: next B prompts -> R rollout actors sample G completions each ->
 reward actors score them -> group-relative advantages -> N learner ranks
@@ -25,10 +25,12 @@ import torch
 from tqdm import tqdm
 
 from cluster.ray_utils import describe_failure
+from learner import checkpoint_manifest
 from learner.grpo import compute_advantages, dead_group_mask
+from learner.policy import vision_token_ids
 from learner.samples import TrainSample
 from pipelines.data.cursor import DataCursor
-from pipelines.errors import RunStopped
+from pipelines.errors import RunStopped, UserError
 from pipelines.evaluation.accuracy import FORMAT_REWARD
 from pipelines.evaluation.evaluate import evaluate_records, select_records
 from pipelines.traces import TraceWriter
@@ -46,7 +48,7 @@ class _InFlight:
     step: int  # the step that will train on it
     batch: list
     prompts: list[dict]
-    job: Any  # pipelines.rollout.PendingRollout
+    job: Any  # actors.rollout.PendingRollout
     cursor_before: dict  # data cursor before this batch was drawn: what a checkpoint must store
 
 
@@ -73,7 +75,13 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
+        if self.cfg.trainer.resume_from:
+            try:  # before anything starts: a partial or corrupted checkpoint is refused, naming the file
+                checkpoint_manifest.verify(self.cfg.trainer.resume_from)
+            except checkpoint_manifest.CheckpointError as e:
+                raise UserError(f"trainer.resume_from: {e}") from None
         self.ctx = start_run(self.cfg)
+        self._vision_ids = set(vision_token_ids(self.ctx.tokenizer))
         c = self.cfg
         self.cursor = DataCursor(len(self.ctx.train), c.trainer.prompts_per_step, seed=c.data.seed,
                                  shuffle=c.data.shuffle)
@@ -193,6 +201,9 @@ class GRPOTrainer:
             format_rate=_mean(get_reward(FORMAT_REWARD[c.data.prompt_style])(texts)) if texts else 0.0,
             completion_length=_mean([len(s.completion_ids) for s in samples]) if samples else 0.0,
             rollout_tokens=outcome.tokens,
+            # vision special tokens in the completions: 0 while vLLM's ban holds (the learner masks any)
+            vision_tokens_sampled=sum(t in self._vision_ids for sp in kept for comp in sp.result["completions"]
+                                      for t in comp["token_ids"]),
             rollout_tokens_per_s=outcome.tokens / max(outcome.seconds, 1e-9),
             rollout_reissued=outcome.reissued,
             rollout_restarts=ctx.rollout.restarts,

@@ -20,6 +20,7 @@ from actors.weight_sync import make_weight_sync
 from cluster.connect import is_local
 from cluster.ray_utils import kill_quietly, remove_placement_groups_quietly
 from cluster.resources import check_plan, create_placement_groups
+from learner import checkpoint_manifest
 from learner.image_codec import read_image_bytes
 from pipelines.data.store import load_prepared
 from pipelines.data.synthetic import prepare_synthetic
@@ -108,9 +109,14 @@ def ensure_warmstart(cfg, model_path: str, train: list) -> str:
               "epochs": float(cfg.sft.warmstart_epochs), "lr": float(cfg.sft.warmstart_lr),
               "train_records": records_digest(train)}
     if is_model_dir(hf):
-        built = json.loads(record.read_text()) if record.is_file() else {}
-        _refuse_other_settings(f"the format warm-start in {d} was", d, built, wanted, "now", "sft.warmstart_dir")
-        return str(hf)
+        try:
+            checkpoint_manifest.verify(d)
+        except checkpoint_manifest.CheckpointError as e:  # an interrupted build, or changed since: build anew
+            log.warning("the format warm-start is built again: %s", e)
+        else:
+            built = json.loads(record.read_text()) if record.is_file() else {}
+            _refuse_other_settings(f"the format warm-start in {d} was", d, built, wanted, "now", "sft.warmstart_dir")
+            return str(hf)
     log.info("format warm-start of %s into %s", model_path, hf)
     run_sft(cfg, model_path, train, cfg.sft.warmstart_dir, target="format",
             epochs=cfg.sft.warmstart_epochs, lr=cfg.sft.warmstart_lr)
@@ -125,12 +131,12 @@ class RunContext:
     train: list
     test: list
     tokenizer: Any
-    rollout: Any  # pipelines.rollout.RolloutPool
+    rollout: Any  # actors.rollout.RolloutPool
     reward_workers: list
-    learners: Any  # actors.learner_worker.LearnerGroup
+    learners: Any  # actors.learner.LearnerGroup
     weight_sync: Any
     placement_groups: dict = field(default_factory=dict)
-    colocation: Any = None  # pipelines.colocate.Colocation when cluster.colocate
+    colocation: Any = None  # actors.rollout.Colocation when cluster.colocate
     _payloads: dict = field(default_factory=dict)
 
     def prompt_payload(self, record) -> dict:
