@@ -31,6 +31,7 @@ from typing import Callable, Optional
 import ray
 
 from cluster.connect import is_local
+from cluster.ray_utils import describe_failure
 from pipelines.config import from_dict, to_dict
 from pipelines.data.schema import try_normalize_modality, try_normalize_question_type
 from pipelines.data.store import load_prepared
@@ -233,7 +234,7 @@ def _run_on_ray(cfg, jobs, kind, base_dict, d: Path, max_parallel, common) -> No
                     ray.get(ref)
                     log.info("protocol: %s finished", r)
                 except Exception as e:  # one failed cell does not lose the others; rerun retries it
-                    log.error("protocol: %s failed: %s", r, e)
+                    log.error("protocol: %s failed: %s", r, describe_failure(e))
     finally:
         if started:
             ray.shutdown()
