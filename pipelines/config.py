@@ -198,7 +198,8 @@ class TrainerConfig:
     eval_every: int = 0  # 0: only before and after
     save_every: int = 0  # 0: only at the end
     seed: int = 0
-    resume_from: Optional[str] = None
+    resume_from: Optional[str] = None  # a checkpoint dir, or "auto": the newest valid one of output_dir
+    keep_last_n: int = 0  # keep only the newest N step checkpoints (0: all); final is always kept
 
 
 @dataclass

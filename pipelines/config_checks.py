@@ -49,5 +49,7 @@ def validate(cfg: Any) -> None:
                         "with learner.zero_stage <= 2; use weight_sync.backend=object_store with ZeRO-3")
     if not cfg.reward.functions:
         problems.append("reward.functions is empty: name at least one reward")
+    if cfg.trainer.keep_last_n < 0:
+        problems.append("trainer.keep_last_n must be >= 0 (0 keeps every checkpoint)")
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))

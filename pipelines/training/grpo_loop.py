@@ -34,6 +34,7 @@ from pipelines.errors import RunStopped, UserError
 from pipelines.evaluation.accuracy import FORMAT_REWARD
 from pipelines.evaluation.evaluate import evaluate_records, select_records
 from pipelines.traces import TraceWriter
+from pipelines.training.checkpoints import latest_valid, prune
 from pipelines.training.metrics import MetricsLog, plot_reward_curve, timer
 from pipelines.training.run_setup import RunContext, start_run
 from rewards import get_reward
@@ -75,9 +76,14 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
-        if self.cfg.trainer.resume_from:
+        self.resume_from = self.cfg.trainer.resume_from
+        if self.resume_from == "auto":
+            found = latest_valid(self.out)
+            self.resume_from = str(found) if found else None
+            log.info("resume_from=auto: %s", f"continuing from {found}" if found else "no checkpoint; starting fresh")
+        elif self.resume_from:
             try:  # before anything starts: a partial or corrupted checkpoint is refused, naming the file
-                checkpoint_manifest.verify(self.cfg.trainer.resume_from)
+                checkpoint_manifest.verify(self.resume_from)
             except checkpoint_manifest.CheckpointError as e:
                 raise UserError(f"trainer.resume_from: {e}") from None
         self.ctx = start_run(self.cfg)
@@ -89,8 +95,8 @@ class GRPOTrainer:
                                   run=self.out.name)
         self.traces = TraceWriter(self.out / "traces", kind="train") if c.logging.traces else None
         self.eval_traces = TraceWriter(self.out / "traces", kind="eval") if c.logging.traces else None
-        if c.trainer.resume_from:
-            self._resume(c.trainer.resume_from)
+        if self.resume_from:
+            self._resume(self.resume_from)
 
     # ------------------------------------------------------------------ loop
     def train(self) -> dict:
@@ -295,6 +301,8 @@ class GRPOTrainer:
         self._guard_learner_call(f"saving {directory}",
                                  lambda: self.ctx.learners.call_all("save_checkpoint", str(directory), state)[0])
         self.last_checkpoint = str(directory)
+        for old in prune(self.out, self.cfg.trainer.keep_last_n):
+            log.info("trainer.keep_last_n=%d: removed %s", self.cfg.trainer.keep_last_n, old)
         return directory
 
     def _resume(self, path: str) -> None:
