@@ -6,6 +6,7 @@ rollout actor is a thin shell around it.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -15,6 +16,32 @@ from learner.policy import vision_token_ids
 log = logging.getLogger(__name__)
 
 WORKER_EXTENSION = "actors.vllm_worker_ext.MedR1WorkerExtension"
+
+# vLLM loggers that repeat the same lines on every weight push (which layers had nothing to
+# reload, how long the reload took, the prefix cache reset): each line is shown the first time only.
+_PER_PUSH_LOGGERS = ("vllm.model_executor.model_loader.reload.layerwise",
+                     "vllm.model_executor.model_loader.reload.inplace", "vllm.v1.core.block_pool")
+
+
+class _FirstTimeOnly(logging.Filter):
+    def __init__(self):
+        super().__init__()
+        self.seen: set[tuple[str, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, re.sub(r"\d+(\.\d+)?", "#", record.getMessage()))  # "took 0.06 s" = "took 0.33 s"
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+def quiet_per_push_logs() -> None:
+    once = _FirstTimeOnly()
+    for name in _PER_PUSH_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _FirstTimeOnly) for f in logger.filters):
+            logger.addFilter(once)
 
 
 @dataclass
@@ -74,6 +101,7 @@ class RolloutEngine:
         from vllm.platforms import current_platform
 
         self.max_pixels = max_pixels
+        quiet_per_push_logs()
         kwargs: dict[str, Any] = dict(
             model=model_path,
             dtype=dtype,
