@@ -52,8 +52,8 @@ class LearnerWorker:
     def save_checkpoint(self, directory: str, client_state: Optional[dict] = None) -> str:
         return self.learner.save_checkpoint(directory, client_state)
 
-    def load_checkpoint(self, directory: str) -> dict:
-        return self.learner.load_checkpoint(directory)
+    def load_checkpoint(self, directory: str, verify: bool = True) -> dict:
+        return self.learner.load_checkpoint(directory, verify)
 
     def greedy_generate(self, prompt_text: str, image_png: bytes, max_new_tokens: int) -> list[int]:
         return self.learner.greedy_generate(prompt_text, image_png, max_new_tokens)

@@ -163,8 +163,6 @@ def wait_ready(workers: list, timeout: float = 900.0) -> list[dict]:
     return ray.get([w.ready.remote() for w in workers], timeout=timeout)
 
 
-
-
 @dataclass
 class RolloutOutcome:
     results: list[dict]  # one PromptResult dict per prompt, in input order

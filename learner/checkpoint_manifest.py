@@ -39,6 +39,11 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def is_sealed(directory: str | Path) -> bool:
+    """Whether the save finished (its manifest exists); ``verify`` also checks every file against it."""
+    return (Path(directory) / MANIFEST).is_file()
+
+
 def unseal(directory: str | Path) -> None:
     """Before (re)writing a checkpoint in place: without a manifest, a half-overwritten one is never trusted."""
     (Path(directory) / MANIFEST).unlink(missing_ok=True)

@@ -337,10 +337,12 @@ class GRPOLearner:
             dist.barrier()
         return str(d)
 
-    def load_checkpoint(self, directory: str) -> dict:
+    def load_checkpoint(self, directory: str, verify: bool = True) -> dict:
         """Restore weights, optimizer and scheduler from ``dir/deepspeed``; returns the saved client_state.
-        A checkpoint whose files do not match its manifest is refused (CheckpointError names the file)."""
-        checkpoint_manifest.verify(directory)
+        A checkpoint whose files do not match its manifest is refused (CheckpointError names the file);
+        ``verify=False`` when the caller has just checked it (hashing is not repeated on every rank)."""
+        if verify:
+            checkpoint_manifest.verify(directory)
         path, client = self.engine.load_checkpoint(str(Path(directory) / "deepspeed"), tag=_DS_TAG,
                                                    load_optimizer_states=True, load_lr_scheduler_states=True)
         if path is None:

@@ -2,7 +2,7 @@
 
 Everything that turns an image into bytes or bytes into an image goes through here,
 so the prepared datasets (whose hashes depend on the exact PNG bytes), the rollout
-engine and the learner all see the same pixels. PIL is imported on use. Lives in
+engine and the learner all see the same pixels. Lives in
 ``learner`` (no Ray, no vLLM) so actors and pipelines can import it too.
 """
 from __future__ import annotations
@@ -10,12 +10,9 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 from PIL import Image
-
-if TYPE_CHECKING:
-    from PIL import Image
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _KEPT_MODES = ("L", "RGB", "RGBA", "LA")  # modes to_png keeps; anything else becomes RGB

@@ -38,9 +38,9 @@ VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|imag
 
 
 def vision_token_ids(tokenizer) -> list[int]:
-    """Ids of the vision special tokens this tokenizer has."""
-    vocab = tokenizer.get_vocab()
-    return sorted(vocab[t] for t in VISION_TOKENS if t in vocab)
+    """Ids of the vision special tokens this tokenizer has (added tokens: no walk over the whole vocabulary)."""
+    added = tokenizer.added_tokens_encoder
+    return sorted(added[t] for t in VISION_TOKENS if t in added)
 
 
 def load_policy(path: str, dtype="float32", attn_implementation: str = "sdpa"):

@@ -40,24 +40,17 @@ def latest_valid(run_dir: str | Path) -> Optional[Path]:
 
 
 def prune(run_dir: str | Path, keep_last_n: int) -> list[Path]:
-    """Delete step checkpoints older than the newest ``keep_last_n`` valid ones (``final`` is
-    kept). Called after a new checkpoint is sealed, so a crash never leaves fewer than asked."""
+    """Delete step checkpoints older than the newest ``keep_last_n`` finished ones (``final`` is
+    kept). Called after a new checkpoint is sealed, so a crash never leaves fewer than asked.
+    Finished means sealed: re-hashing every kept checkpoint at each save would cost more than the save."""
     if keep_last_n < 1:
         return []
     steps = [p for p in run_checkpoints(run_dir) if p.name != "final"]
-    valid = [p for p in steps if _is_valid(p)]
-    if len(valid) <= keep_last_n:
+    sealed = [p for p in steps if checkpoint_manifest.is_sealed(p)]
+    if len(sealed) <= keep_last_n:
         return []
-    oldest_kept = _order(valid[-keep_last_n])
+    oldest_kept = _order(sealed[-keep_last_n])
     removed = [p for p in steps if _order(p) < oldest_kept]
     for p in removed:
         shutil.rmtree(p)
     return removed
-
-
-def _is_valid(path: Path) -> bool:
-    try:
-        checkpoint_manifest.verify(path)
-        return True
-    except checkpoint_manifest.CheckpointError:
-        return False

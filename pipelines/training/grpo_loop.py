@@ -306,7 +306,8 @@ class GRPOTrainer:
         return directory
 
     def _resume(self, path: str) -> None:
-        state = self.ctx.learners.call_all("load_checkpoint", str(path))[0]
+        # setup() verified the checkpoint against its manifest once, before anything started.
+        state = self.ctx.learners.call_all("load_checkpoint", str(path), False)[0]
         self.step = int(state["step"])
         self.weight_version = int(state["weight_version"])
         self.cursor = DataCursor.from_dict(state["cursor"], len(self.ctx.train), self.cfg.trainer.prompts_per_step,
