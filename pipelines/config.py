@@ -1,6 +1,6 @@
 """Typed configuration for every medr1 program.
 
-The dataclasses below are the schema; YAML files in ``configs/`` fill them in
+The dataclasses in ``config_schema.py`` are the schema; YAML files in ``configs/`` fill them in
 and ``key=value`` arguments override them. OmegaConf's struct mode refuses
 unknown keys and values of the wrong type; ``load_config`` turns those
 refusals into messages that name the key and what would have been valid.
@@ -8,255 +8,42 @@ refusals into messages that name the key and what would have been valid.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
-
-from pipelines.choices import (
-    AdvantageScale,
-    DataSource,
-    DistBackend,
-    DType,
-    KLEstimator,
-    LossAgg,
-    LRSchedule,
-    OnBadRecord,
-    OptionOrder,
-    Placement,
-    PromptStyle,
-    SFTTarget,
-    SyncBackend,
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    OmegaConfBaseException,
+    ValidationError,
 )
+
 from pipelines.config_checks import validate
+from pipelines.config_schema import (  # noqa: F401  (re-exported: the schema is imported from here)
+    ClusterConfig,
+    DataConfig,
+    EvalConfig,
+    GRPOConfig,
+    LearnerConfig,
+    LoggingConfig,
+    MedR1Config,
+    ModelConfig,
+    Resources,
+    RewardConfig,
+    RolloutConfig,
+    SFTConfig,
+    SyntheticDataConfig,
+    TinyModelConfig,
+    TrainerConfig,
+    WeightSyncConfig,
+)
 from pipelines.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "configs"
 
 
-@dataclass
-class Resources:
-    """What one worker asks Ray for. ``custom`` holds custom resources or node labels."""
-
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
-    custom: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class TinyModelConfig:
-    """Dimensions of the locally built Qwen2-VL (head_dim 64: the vLLM CPU attention needs it)."""
-
-    seed: int = 0
-    vocab_size: int = 2048
-    hidden_size: int = 256
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 2
-    intermediate_size: int = 768
-    vision_embed_dim: int = 128
-    vision_depth: int = 2
-    vision_num_heads: int = 2
-    max_position_embeddings: int = 2048
-
-
-@dataclass
-class ModelConfig:
-    path: str = "outputs/tiny-qwen2vl"
-    build_tiny_if_missing: bool = True
-    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
-    dtype: DType = DType.float32
-    attn_implementation: str = "sdpa"  # flash_attention_2 on GPUs
-    trust_remote_code: bool = False
-    min_pixels: int = 3136
-    max_pixels: int = 401408
-
-
-@dataclass
-class SyntheticDataConfig:
-    seed: int = 0
-    per_cell: int = 12
-    image_size: int = 112
-    test_fraction: float = 0.2
-    option_order: OptionOrder = OptionOrder.shuffled
-
-
-@dataclass
-class DataConfig:
-    # "synthetic" builds the built-in benchmark under `prepared_dir` if missing;
-    # "prepared" reads a directory written by `medr1 prepare-data`.
-    source: DataSource = DataSource.synthetic
-    prepared_dir: str = "outputs/data/synthetic"
-    synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
-    train_split: str = "train"
-    test_split: str = "test"
-    prompt_style: PromptStyle = PromptStyle.think
-    modalities: list[str] = field(default_factory=list)  # empty = all
-    question_types: list[str] = field(default_factory=list)  # empty = all
-    max_prompt_length: int = 1024
-    shuffle: bool = True
-    seed: int = 0
-    on_bad_record: OnBadRecord = OnBadRecord.error
-
-
-@dataclass
-class RolloutConfig:
-    num_workers: int = 2
-    resources_per_worker: Resources = field(default_factory=Resources)
-    group_size: int = 4
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = -1
-    max_new_tokens: int = 256
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.5
-    # On CPU vLLM reserves a fraction of host RAM unless told an absolute size.
-    kv_cache_memory_bytes: Optional[int] = 268435456
-    max_num_seqs: int = 256
-    enforce_eager: bool = True
-    # Sample the next batches while the learner updates (``rollout.async=true`` works too); samples
-    # are then up to ``max_staleness`` weight versions old.
-    async_mode: bool = False
-    max_staleness: int = 1
-    # With cluster.colocate: vLLM sleep level while the learner runs (1: weights to host memory, 2: dropped).
-    sleep_level: int = 1
-    seed: int = 0
-
-
-@dataclass
-class RewardConfig:
-    num_workers: int = 1
-    # Reward name -> weight; names come from the `rewards` registry.
-    functions: dict[str, float] = field(default_factory=lambda: {"format": 1.0, "accuracy_strict": 1.0})
-
-
-@dataclass
-class GRPOConfig:
-    advantage_scale: AdvantageScale = AdvantageScale.group
-    advantage_eps: float = 1e-4
-    beta: float = 0.04
-    kl_estimator: KLEstimator = KLEstimator.k3
-    kl_clamp: float = 0.0  # > 0 bounds each token's KL estimate (verl: 10); 0 = the paper, none
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    loss_agg: LossAgg = LossAgg.seq_mean_token_mean
-    seq_sum_norm_constant: float = 256.0
-    filter_dead_groups: bool = False
-    updates_per_batch: int = 1
-    # Optimizer steps per pass over a rollout batch: it is split into this many mini-batches
-    # (verl's ppo_mini_batch_size, TRL's steps_per_generation). More steps per rollout.
-    mini_batches: int = 1
-
-
-@dataclass
-class LearnerConfig:
-    num_workers: int = 1
-    resources_per_worker: Resources = field(default_factory=Resources)
-    zero_stage: int = 2
-    lr: float = 1e-6
-    weight_decay: float = 0.0
-    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    lr_scheduler: LRSchedule = LRSchedule.constant
-    warmup_ratio: float = 0.0
-    micro_batch_size: int = 4
-    grad_clip: float = 1.0
-    bf16: bool = False
-    gradient_checkpointing: bool = False
-    offload_optimizer: bool = False
-    dist_backend: DistBackend = DistBackend.auto
-
-
-@dataclass
-class WeightSyncConfig:
-    backend: SyncBackend = SyncBackend.object_store
-    every_n_steps: int = 1
-    bucket_size_mb: int = 256
-
-
-@dataclass
-class ClusterConfig:
-    address: Optional[str] = None  # None: start a local Ray; "auto" or ray://host:port to join one
-    num_cpus: Optional[int] = None  # local Ray only
-    placement_strategy: Placement = Placement.PACK
-    colocate: bool = False
-    dashboard_host: str = "127.0.0.1"
-    runtime_env_vars: dict[str, str] = field(default_factory=dict)
-    # Shared storage every node sees (e.g. /shared/medr1): `medr1 submit` puts outputs and
-    # checkpoints there, never in the uploaded working dir.
-    storage_path: Optional[str] = None
-
-
-@dataclass
-class TrainerConfig:
-    output_dir: str = "outputs/run"
-    total_steps: int = 100
-    epochs: int = 1
-    prompts_per_step: int = 8
-    eval_every: int = 0  # 0: only before and after
-    save_every: int = 0  # 0: only at the end
-    seed: int = 0
-    resume_from: Optional[str] = None  # a checkpoint dir, or "auto": the newest valid one of output_dir
-    keep_last_n: int = 0  # keep only the newest N step checkpoints (0: all); final is always kept
-
-
-@dataclass
-class LoggingConfig:
-    tensorboard: bool = True
-    traces: bool = True
-    ray_metrics: bool = True
-    progress: bool = True
-
-
-@dataclass
-class SFTConfig:
-    """Supervised fine-tuning on the same learner.
-
-    ``answer`` targets the ground-truth letter (the paper's SFT baseline);
-    ``format`` targets a random option letter, teaching the tags while answers
-    stay at chance (the warm-start a randomly initialised tiny model needs
-    before GRPO, like the instruction tuning a real base model already has).
-    """
-
-    target: SFTTarget = SFTTarget.answer
-    prompt_style: PromptStyle = PromptStyle.think
-    reasoning: str = "I look at the image and the options."
-    epochs: float = 1.0
-    lr: float = 2e-5
-    lr_scheduler: LRSchedule = LRSchedule.cosine
-    warmup_ratio: float = 0.1
-    batch_size: int = 16
-    max_records: Optional[int] = None
-    output_dir: str = "outputs/sft"
-    # Run a `format` warm-start into this directory before GRPO when it holds no model yet ("" = off).
-    warmstart_dir: str = ""
-    warmstart_epochs: float = 2.0
-    warmstart_lr: float = 1e-3
-
-
-@dataclass
-class EvalConfig:
-    max_new_tokens: int = 256
-    max_samples: Optional[int] = None
-    prompt_style: PromptStyle = PromptStyle.think
-
-
-@dataclass
-class MedR1Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    reward: RewardConfig = field(default_factory=RewardConfig)
-    grpo: GRPOConfig = field(default_factory=GRPOConfig)
-    learner: LearnerConfig = field(default_factory=LearnerConfig)
-    weight_sync: WeightSyncConfig = field(default_factory=WeightSyncConfig)
-    cluster: ClusterConfig = field(default_factory=ClusterConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    sft: SFTConfig = field(default_factory=SFTConfig)
 
 
 def _valid_keys(node: Any) -> list[str]:
@@ -290,7 +77,7 @@ def _apply_aliases(file_cfg) -> None:
             node[key.rpartition(".")[2]] = node.pop(name)
 
 
-def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> MedR1Config:
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> MedR1Config:
     """Schema <- YAML file <- ``key=value`` overrides, validated at each step.
 
     Returns a real ``MedR1Config``: dataclasses all the way down, enums for the closed choices.
