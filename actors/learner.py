@@ -3,7 +3,7 @@
 ``LearnerGroup`` (driver side, not an actor) starts the ranks, wires torch.distributed
 (rank 0 picks MASTER_ADDR/PORT), shards each batch across ranks and merges metrics.
 Everything else goes through two generic calls: ``call_all`` (every rank, e.g. a
-checkpoint: ZeRO saves and loads collectively) and ``call_rank0`` (the NCCL sender).
+checkpoint: ZeRO saves and loads collectively) and ``call_rank0`` (e.g. the weight-push sender).
 """
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ import os
 from typing import Any, Optional, Sequence
 
 import ray
+import torch
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.sharding import contiguous_shards
-from actors.weight_sync import NCCLWeightSender
+from actors.weight_verify import tensor_stats
 from cluster.ray_utils import free_address, kill_quietly
+from learner.policy import exported_parameters
 
 
 @ray.remote
@@ -58,16 +60,32 @@ class LearnerWorker:
     def greedy_generate(self, prompt_text: str, image_png: bytes, max_new_tokens: int) -> list[int]:
         return self.learner.greedy_generate(prompt_text, image_png, max_new_tokens)
 
-    # NCCL weight push (GPU; rank 0 only): the sending half lives in actors/weight_sync.py.
-    def init_weight_group(self, master_address: str, master_port: int, world_size: int) -> None:
-        self._sender = NCCLWeightSender(master_address, master_port, world_size)
+    # Weight push by broadcast (gloo, nccl, ipc): this rank's half of vLLM's weight transfer.
+    def init_weight_transfer(self, backend: str, rollout_handles: list, address, *, tp_size: int = 1,
+                             dtype: Optional[str] = None, chunk_bytes: int, timeout_s: float) -> bool:
+        # Imported here: it loads vLLM, which only ranks that push by broadcast need.
+        from actors.transfer_client import TrainerTransfer
 
-    def weight_buckets(self, bucket_bytes: int) -> list:
-        self._buckets = NCCLWeightSender.bucket_specs(self.learner.engine.module, bucket_bytes)
-        return self._buckets
+        self.shutdown_weight_transfer()
+        self._transfer = TrainerTransfer(self.learner.engine.module, backend, rollout_handles,
+                                         rank=int(os.environ.get("RANK", "0")), address=address, tp_size=tp_size,
+                                         dtype=getattr(torch, dtype) if dtype else None, chunk_bytes=chunk_bytes,
+                                         timeout_s=timeout_s)
+        return True
 
-    def broadcast_bucket(self, index: int) -> int:
-        return self._sender.broadcast(self.learner.engine.module, self._buckets[index])
+    def push_weights(self, version: int) -> dict:
+        return self._transfer.push(version)
+
+    def shutdown_weight_transfer(self) -> None:
+        transfer, self._transfer = getattr(self, "_transfer", None), None
+        if transfer is not None:
+            transfer.shutdown()
+
+    def weight_stats(self, dtype: Optional[str] = None) -> dict[str, list[float]]:
+        """[sum, sum of squares, numel] per exported tensor, cast to the engines' dtype (actors/weight_verify.py)."""
+        cast = getattr(torch, dtype) if dtype else None
+        return {ck: tensor_stats(p.detach().to(cast) if cast is not None and p.is_floating_point() else p)
+                for _, ck, p in exported_parameters(self.learner.engine.module)}
 
 
 _SUMMED = {"num_tokens", "num_samples", "vision_tokens_masked"}

@@ -27,10 +27,10 @@ from typing import Any, Callable, Optional
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-from safetensors.torch import save
 
 from actors.sharding import contiguous_shards
 from actors.vllm_engine import RolloutEngine
+from actors.weight_stream import DEFAULT_CHUNK_BYTES
 from cluster.ray_utils import describe_failure
 
 log = logging.getLogger(__name__)
@@ -66,15 +66,30 @@ class RolloutWorker:
             "batch_retries": self.engine.batch_retries,
         }
 
-    def load_weights(self, payload, version: int) -> dict:
-        """``payload``: a {name: tensor} state dict in vLLM names, or safetensors bytes."""
+    def load_weights(self, state_dict: dict, version: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> dict:
+        """The object-store push: ``state_dict`` in vLLM names (read from Ray's object store)."""
         t0 = time.perf_counter()
-        if isinstance(payload, dict):
-            # collective_rpc pickles its arguments; safetensors bytes are the portable form.
-            payload = save({k: v.contiguous() for k, v in payload.items()})
-        n = self.engine.load_safetensors(payload)
+        n = self.engine.load_state_dict(state_dict, version, chunk_bytes)
         self.weight_version = version
-        return {"tensors": n, "bytes": len(payload), "seconds": time.perf_counter() - t0, "version": version}
+        nbytes = sum(t.numel() * t.element_size() for t in state_dict.values())
+        return {"tensors": n, "bytes": nbytes, "seconds": time.perf_counter() - t0, "version": version}
+
+    # vLLM's weight-transfer calls, driven by the learner's trainer engine (actors/transfer_client.py)
+    def init_weight_transfer_engine(self, init_info: dict) -> None:
+        self.engine.init_weight_transfer_engine(init_info)
+
+    def start_weight_update(self) -> None:
+        self.engine.start_weight_update()
+
+    def update_weights(self, update_info) -> None:
+        self.engine.update_weights(update_info)
+
+    def finish_weight_update(self, version: int) -> None:
+        self.engine.finish_weight_update(version)
+        self.weight_version = self.engine.weight_version()
+
+    def shutdown_weight_transfer_engine(self) -> None:
+        self.engine.shutdown_weight_transfer_engine()
 
     # Colocated mode (see Colocation below)
     def sleep(self, level: int = 1) -> dict:
@@ -91,19 +106,11 @@ class RolloutWorker:
     def get_weight_version(self) -> int:
         return self.weight_version
 
-    def weight_checksum(self) -> str:
-        return self.engine.weight_checksum()
+    def weight_stats(self) -> list[dict]:
+        return self.engine.weight_stats()
 
-    # GPU weight path (see actors/weight_sync.py)
-    def init_weight_group(self, master_address: str, master_port: int, rank_offset: int, world_size: int) -> None:
-        self.engine.init_weight_group(master_address, master_port, rank_offset, world_size)
-
-    def receive_broadcast(self, specs: list, version: Optional[int] = None) -> int:
-        n = self.engine.receive_broadcast(specs)
-        if version is not None:
-            self.engine.reset_cache()
-            self.weight_version = version
-        return n
+    def param_names(self, names: list[str]) -> dict:
+        return self.engine.param_names(names)
 
 
 RolloutActor = ray.remote(RolloutWorker)

@@ -10,12 +10,17 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from actors.weight_stream import DEFAULT_CHUNK_BYTES, stream_messages
 from learner.image_codec import decode_image
 from learner.policy import vision_token_ids
 
 log = logging.getLogger(__name__)
 
 WORKER_EXTENSION = "actors.vllm_worker_ext.MedR1WorkerExtension"
+# weight_sync.backend -> the vLLM weight-transfer engine each rollout engine is built with.
+# (The names of actors/transfer_engines.py, which registers itself in every vLLM worker through the
+# worker extension; importing it here would load vLLM in the driver.)
+TRANSFER_ENGINES = {"object_store": "medr1_stream", "gloo": "medr1_gloo", "nccl": "nccl", "ipc": "ipc"}
 
 # vLLM loggers that repeat the same lines on every weight push (which layers had nothing to
 # reload, how long the reload took, the prefix cache reset): each line is shown the first time only.
@@ -95,6 +100,7 @@ class RolloutEngine:
         max_pixels: int = 401408,
         trust_remote_code: bool = False,
         enable_sleep: bool = False,
+        weight_sync: str = "object_store",
     ):
         # vLLM is imported in the rollout actor's process only: the driver never needs it.
         from vllm import LLM
@@ -114,6 +120,7 @@ class RolloutEngine:
             mm_processor_kwargs={"min_pixels": min_pixels, "max_pixels": max_pixels},
             worker_extension_cls=WORKER_EXTENSION,
             trust_remote_code=trust_remote_code,
+            weight_transfer_config={"backend": TRANSFER_ENGINES[weight_sync]},
         )
         # Colocated mode frees the GPU between rollouts. On CPU vLLM has no sleep mode (the flag is
         # refused); sleep()/wake_up() then only pause scheduling and the memory stays put.
@@ -125,8 +132,10 @@ class RolloutEngine:
             # CPU generators cannot rewind ("CPU Generator does not use offset"), which fails
             # the whole batch once a rollout's prompts exceed one scheduling budget.
             kwargs["enable_chunked_prefill"] = False
-        if tensor_parallel_size == 1:
-            kwargs["distributed_executor_backend"] = "uni"
+        # Inside a Ray actor: one process for one device; with tensor parallelism the actor owns all
+        # its tp devices in one bundle and vLLM forks a worker per device ("mp"). vLLM's "ray" executor
+        # would ask Ray for more GPUs from inside an actor whose bundle already holds them.
+        kwargs["distributed_executor_backend"] = "uni" if tensor_parallel_size == 1 else "mp"
         if kv_cache_memory_bytes:
             # On CPU the default reserves a fraction of host RAM and refuses a second engine.
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_memory_bytes)
@@ -240,21 +249,41 @@ class RolloutEngine:
     def is_sleeping(self) -> bool:
         return bool(self.llm.llm_engine.is_sleeping())
 
-    # --- weights -----------------------------------------------------------
-    def load_safetensors(self, payload: bytes) -> int:
-        counts = self.llm.collective_rpc("medr1_load_safetensors", args=(payload,))
-        self.reset_cache()
-        return int(counts[0])
+    # --- weights: vLLM's weight-transfer calls (actors/transfer_engines.py has our engines) ---
+    def init_weight_transfer_engine(self, init_info: dict) -> None:
+        self.llm.init_weight_transfer_engine({"init_info": init_info})
 
-    def weight_checksum(self) -> str:
-        return self.llm.collective_rpc("medr1_weight_checksum")[0]
+    def start_weight_update(self) -> None:
+        self.llm.start_weight_update()
 
-    def init_weight_group(self, master_address: str, master_port: int, rank_offset: int, world_size: int) -> None:
-        self.llm.collective_rpc("medr1_init_weight_group", args=(master_address, master_port, rank_offset, world_size))
+    def update_weights(self, update_info) -> None:
+        self.llm.update_weights({"update_info": update_info})
 
-    def receive_broadcast(self, specs: list[tuple[str, str, list[int]]]) -> int:
-        n = self.llm.collective_rpc("medr1_receive_broadcast", args=(specs,))[0]
-        return int(n)
+    def finish_weight_update(self, version: int) -> None:
+        self.llm.finish_weight_update(weight_version=str(version))
+        self.reset_cache()  # vLLM's transfer path leaves caches computed with the old weights
+
+    def shutdown_weight_transfer_engine(self) -> None:
+        self.llm.shutdown_weight_transfer_engine()
+
+    def weight_version(self) -> int:
+        v = self.llm.get_weight_version()
+        return int(v) if v not in (None, "") else 0
+
+    def load_state_dict(self, state_dict: dict, version: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
+        """The object-store path: the weights enter the engine as messages of at most ``chunk_bytes``."""
+        self.start_weight_update()
+        for message in stream_messages(state_dict.items(), chunk_bytes):
+            self.update_weights(message)
+        self.finish_weight_update(version)
+        return len(state_dict)
+
+    def weight_stats(self) -> list[dict[str, list[float]]]:
+        """Per worker: [sum, sum of squares, numel, rows] of every parameter (actors/weight_verify.py)."""
+        return self.llm.collective_rpc("medr1_weight_stats")
+
+    def param_names(self, names: list[str]) -> dict[str, str | None]:
+        return self.llm.collective_rpc("medr1_param_names", args=(names,))[0]
 
     def reset_cache(self) -> None:
         """Forget everything computed with the old weights: cached KV and vision-encoder outputs.

@@ -1,34 +1,44 @@
-"""Methods added to every vLLM worker (``worker_extension_cls``) so the learner
-can replace the weights of a running engine.
+"""Methods added to every vLLM worker (``worker_extension_cls``).
 
-Names start with ``medr1_`` because an extension may not redefine methods the
-worker already has (``update_weights`` exists). The receiving halves of the
-weight-sync backends live in ``actors/weight_sync.py``; these methods only
-forward to them.
+Importing this module in the worker registers the project's weight-transfer
+engines (``actors/transfer_engines.py``) into vLLM's factory before the worker
+builds its engine. The pushes themselves go through vLLM's own weight-transfer
+calls; what is added here is the check that a push landed. Names start with
+``medr1_`` because an extension may not redefine methods the worker already has.
 """
 from __future__ import annotations
 
-import hashlib
-
-import torch
-
-from actors.weight_sync import NCCLWeightReceiver, receive_safetensors
+from actors import transfer_engines  # noqa: F401  (registers medr1_gloo and medr1_stream)
+from actors.weight_verify import tensor_stats
 
 
 class MedR1WorkerExtension:
-    def medr1_load_safetensors(self, payload: bytes) -> int:
-        return receive_safetensors(self.model_runner, payload)
+    def medr1_weight_stats(self) -> dict[str, dict[str, list[float]]]:
+        """[sum, sum of squares, numel] of every parameter, and of every tensor the last push delivered
+        (``received``: what can be checked where the CPU kernels repacked a weight out of sight)."""
+        params = {name: tensor_stats(p) for name, p in self.model_runner.model.named_parameters()}
+        engine = getattr(self, "weight_transfer_engine", None)
+        return {"params": params, "received": dict(getattr(engine, "received", {}) or {})}
 
-    def medr1_weight_checksum(self) -> str:
-        """A digest of every parameter, to check that a push landed."""
-        h = hashlib.sha256()
-        for name, p in sorted(self.model_runner.model.named_parameters()):
-            h.update(name.encode())
-            h.update(p.detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()
-
-    def medr1_init_weight_group(self, master_address: str, master_port: int, rank_offset: int, world_size: int) -> None:
-        self._medr1_receiver = NCCLWeightReceiver(self.device, master_address, master_port, rank_offset, world_size)
-
-    def medr1_receive_broadcast(self, specs: list[tuple[str, str, list[int]]]) -> int:
-        return self._medr1_receiver.receive(self.model_runner, specs)
+    def medr1_param_names(self, names: list[str]) -> dict[str, str | None]:
+        """Checkpoint name -> the vLLM parameter it loads into (None: none found), through the
+        model's own name mapper and fused (packed) modules, e.g. q_proj -> qkv_proj."""
+        model = self.model_runner.model
+        params = dict(model.named_parameters())
+        mapper = getattr(model, "hf_to_vllm_mapper", None)
+        packed: dict[str, list[str]] = {}
+        for module in model.modules():  # the language model declares its own fused modules, not the top model
+            for fused, parts in (getattr(module, "packed_modules_mapping", None) or {}).items():
+                packed.setdefault(fused, list(parts))
+        out = {}
+        for name in names:
+            mapped = mapper.map_name(name) if mapper is not None else name
+            mapped = mapped if mapped is not None else name
+            hit = mapped if mapped in params else None
+            for fused, parts in packed.items():
+                for part in parts:
+                    cand = mapped.replace(f".{part}.", f".{fused}.")
+                    if hit is None and cand != mapped and cand in params:
+                        hit = cand
+            out[name] = hit
+        return out

@@ -1,166 +1,184 @@
-"""Pushing learner weights into the running vLLM engines, behind one interface.
+"""The driver's side of a weight push: learner weights into every vLLM engine.
 
-Each backend keeps its three parts together: the driver's ``push`` (a
-``*WeightSync`` class), the sending half run on learner rank 0, and the
-receiving half run inside every vLLM worker (``actors/vllm_worker_ext.py``
-only forwards to it).
+Every backend goes through vLLM's weight-transfer API (``init_weight_transfer_engine``,
+``start_weight_update``, ``update_weights``, ``finish_weight_update`` with the weight
+version); the engines are in ``actors/transfer_engines.py`` (ours) and vLLM:
 
-- ``object_store`` (CPU, and a fallback anywhere): rank 0's full state dict
-  (vLLM names) is put in Ray's object store once and every rollout actor
-  reloads from that same object (zero-copy reads on one node).
-- ``nccl`` (GPUs): learner rank 0 and every vLLM worker form one NCCL group;
-  tensors are broadcast in buckets of ``bucket_size_mb`` so the peak extra
-  memory is one bucket, not the model. Written for ZeRO stages 0-2, where
-  rank 0 holds every parameter in full; the config refuses nccl with ZeRO-3.
+- ``object_store``: rank 0's state dict is put in Ray's object store once; each
+  rollout actor reads it (zero-copy on one node) and feeds its engine messages of at
+  most ``bucket_size_mb`` (``medr1_stream``). Works with ZeRO-3 and on any hardware.
+- ``gloo`` / ``nccl``: learner rank 0's trainer engine broadcasts packed buffers to
+  every engine's workers (``medr1_gloo`` on CPUs, vLLM's ``nccl`` on GPUs).
+- ``ipc``: colocated GPUs; each learner rank shares CUDA memory handles with the
+  engine on its device (vLLM's ``ipc``).
 
-Both bump the weight version that rollouts then carry.
+After a push the engines' weights can be checked against the learner's
+(``weight_sync.verify``); a mismatch stops the run naming the tensors. A restarted
+rollout actor rejoins: the broadcast group is re-formed (fresh port, old groups shut
+down) and it is verified again. Every wait has ``weight_sync.timeout_s``.
 """
 from __future__ import annotations
 
+import logging
 import time
 
 import ray
-import torch
-from safetensors.torch import load as load_safetensors
 
-from learner.policy import exported_parameters
+from actors.weight_stream import DEFAULT_CHUNK_BYTES
+from actors.weight_verify import engine_stats, expected_stats, mismatches
+from cluster.ray_utils import describe_failure
+
+log = logging.getLogger(__name__)
+
+_ACTOR_GONE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
 
 
-class ObjectStoreWeightSync:
-    name = "object_store"
+class WeightPushError(RuntimeError):
+    """A push that did not complete, or did not land (verification)."""
 
-    def push(self, learner_group, rollout_workers: list, version: int) -> dict:
+
+class WeightSync:
+    """What every backend shares: timeouts, verification, and rejoining actors."""
+
+    backend = ""
+
+    def __init__(self, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES, timeout_s: float = 600.0, verify: str = "first",
+                 dtype: str | None = None, tp_size: int = 1):
+        self.chunk_bytes = int(chunk_bytes)
+        self.timeout_s = float(timeout_s)
+        self.verify_when = str(verify)
+        self.dtype = dtype
+        self.tp_size = int(tp_size)
+        self._verify_next = self.verify_when != "off"
+        self._names: dict | None = None
+
+    def _get(self, refs, what: str, timeout: float | None = None):
+        timeout = timeout or self.timeout_s
+        try:
+            return ray.get(refs, timeout=timeout)
+        except ray.exceptions.GetTimeoutError:
+            raise WeightPushError(f"weight push ({self.backend}): {what} not done after {timeout:.0f}s "
+                                  "(weight_sync.timeout_s)") from None
+
+    def push(self, learners, workers: list, version: int) -> dict:
         t0 = time.perf_counter()
-        payload_ref = learner_group.gather_state_dict(as_ref=True)  # all ranks take part (ZeRO-3 gathers)
-        t_gather = time.perf_counter() - t0
-        refs = [w.load_weights.remote(payload_ref, version) for w in rollout_workers]
-        stats, failed = [], []
-        for i, ref in enumerate(refs):
-            try:
-                stats.append(ray.get(ref))
-            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
-                failed.append(i)  # a dying rollout actor: Ray restarts it and the pool catches it up
+        out = self._push(learners, workers, version)
         seconds = time.perf_counter() - t0
-        nbytes = stats[0]["bytes"] if stats else 0
-        return {"push_seconds": seconds, "push_gather_seconds": t_gather, "push_bytes": nbytes,
-                "push_bytes_per_s": nbytes / seconds if seconds > 0 else 0.0, "weight_version": version,
+        nbytes = out.get("push_bytes", 0)
+        out.update(push_seconds=seconds, push_bytes_per_s=nbytes / seconds if seconds > 0 else 0.0,
+                   weight_version=version)
+        if self._verify_next or self.verify_when == "every":
+            live = [w for i, w in enumerate(workers) if i not in out.get("failed_workers", [])]
+            t1 = time.perf_counter()
+            self.verify(learners, live, version)
+            out.update(weight_verified=1.0, verify_seconds=time.perf_counter() - t1)
+            self._verify_next = False
+        return out
+
+    def rejoin(self, learners, workers: list, worker, version: int) -> None:
+        """``worker`` came back from a restart with the base weights: bring it to ``version``."""
+        self._verify_next = self.verify_when != "off"
+        self._rejoin(learners, workers, worker, version)
+        if self._verify_next:
+            self.verify(learners, [worker], version)
+            self._verify_next = False
+
+    def verify(self, learners, workers: list, version: int) -> None:
+        """Raise ``WeightPushError`` naming the tensors that differ, unless every engine matches the learner."""
+        learner = learners.call_rank0("weight_stats", self.dtype)
+        if self._names is None:
+            self._names = self._get(workers[0].param_names.remote(sorted(learner)), "naming the engine's parameters")
+        expected, sources, unmapped = expected_stats(learner, self._names)
+        per_engine = self._get([w.weight_stats.remote() for w in workers], "reading the engines' weights")
+        for w, stats in zip(workers, per_engine):
+            bad = [f"{ck}: no parameter of the engine loads it" for ck in unmapped]
+            bad += mismatches(expected, engine_stats(stats, expected, sources), sources)
+            if bad:
+                name = ray.get(w.ready.remote(), timeout=self.timeout_s)["index"]
+                raise WeightPushError(
+                    f"after the push of weight version {version} ({self.backend}), rollout-{name}'s weights differ "
+                    f"from the learner's in {len(bad)} tensor(s):\n    " + "\n    ".join(bad[:8])
+                    + ("\n    ..." if len(bad) > 8 else ""))
+
+    def _push(self, learners, workers: list, version: int) -> dict:
+        raise NotImplementedError
+
+    def _rejoin(self, learners, workers: list, worker, version: int) -> None:
+        raise NotImplementedError
+
+
+class ObjectStoreWeightSync(WeightSync):
+    backend = "object_store"
+
+    def _push(self, learners, workers: list, version: int) -> dict:
+        t0 = time.perf_counter()
+        ref = learners.gather_state_dict(as_ref=True)  # all ranks take part (ZeRO-3 gathers)
+        gather = time.perf_counter() - t0
+        refs = [w.load_weights.remote(ref, version, self.chunk_bytes) for w in workers]
+        stats, failed = [], []
+        for i, r in enumerate(refs):
+            try:
+                stats.append(self._get(r, f"rollout-{i} loading"))
+            except _ACTOR_GONE:
+                failed.append(i)  # a dying rollout actor: Ray restarts it and the pool catches it up
+        return {"push_gather_seconds": gather, "push_bytes": stats[0]["bytes"] if stats else 0,
                 "failed_workers": failed}
 
-
-class NCCLWeightSync:
-    """GPU path. The group is formed lazily on the first push."""
-
-    name = "nccl"
-
-    def __init__(self, bucket_size_mb: int = 256, tp_size: int = 1):
-        self.bucket_bytes = int(bucket_size_mb) << 20
-        self.tp_size = tp_size
-        self._ready = False
-
-    def _init_group(self, learner_group, rollout_workers: list) -> None:
-        addr, port = learner_group.call_rank0("free_address")
-        world = 1 + len(rollout_workers) * self.tp_size
-        refs = [w.init_weight_group.remote(addr, port, 1 + i * self.tp_size, world)
-                for i, w in enumerate(rollout_workers)]
-        refs.append(learner_group.call_rank0("init_weight_group", addr, port, world, wait=False))
-        ray.get(refs)
-        self._ready = True
-
-    def push(self, learner_group, rollout_workers: list, version: int) -> dict:
-        t0 = time.perf_counter()
-        if not self._ready:
-            self._init_group(learner_group, rollout_workers)
-        buckets = learner_group.call_rank0("weight_buckets", self.bucket_bytes)  # [[(name, dtype, shape), ...], ...]
-        nbytes = 0
-        for i, specs in enumerate(buckets):
-            last = i == len(buckets) - 1
-            recv = [w.receive_broadcast.remote(specs, version if last else None) for w in rollout_workers]
-            send = learner_group.call_rank0("broadcast_bucket", i, wait=False)
-            nbytes += ray.get(send)
-            ray.get(recv)
-        seconds = time.perf_counter() - t0
-        return {"push_seconds": seconds, "push_bytes": nbytes,
-                "push_bytes_per_s": nbytes / seconds if seconds > 0 else 0.0, "weight_version": version}
+    def _rejoin(self, learners, workers: list, worker, version: int) -> None:
+        self._get(worker.load_weights.remote(learners.gather_state_dict(as_ref=True), version, self.chunk_bytes),
+                  "catching up a restarted rollout actor")
 
 
-def receive_safetensors(model_runner, payload: bytes) -> int:
-    """Object-store receiving half, in a vLLM worker: reload from safetensors bytes.
+class BroadcastWeightSync(WeightSync):
+    """gloo, nccl and ipc: the learner ranks' trainer engines drive the engines (actors/transfer_client.py)."""
 
-    ``reload_weights`` (not ``model.load_weights``): on CPU the layers are repacked
-    after the first load and lose their weight_loader; a reload handles that."""
-    tensors = load_safetensors(payload)
-    model_runner.reload_weights(weights_iterator=iter(tensors.items()))
-    return len(tensors)
+    def __init__(self, backend: str, **kwargs):
+        super().__init__(**kwargs)
+        self.backend = backend
+        self._group: list | None = None  # the actors the current transfer group was formed with
 
+    def _form(self, learners, workers: list) -> None:
+        if self._group is not None:
+            # Old groups are shut down on both sides first; a restarted actor has none, which is fine.
+            learners.call_all("shutdown_weight_transfer")
+            for w in self._group:
+                try:
+                    ray.get(w.shutdown_weight_transfer_engine.remote(), timeout=self.timeout_s)
+                except Exception as e:  # noqa: BLE001  (a restarted or dying actor: nothing to release)
+                    log.debug("releasing a weight group: %s", describe_failure(e))
+        address = learners.call_rank0("free_address") if self.backend != "ipc" else None
+        refs = [w.init_weight_transfer.remote(self.backend, list(workers), address, tp_size=self.tp_size,
+                                              dtype=self.dtype, chunk_bytes=self.chunk_bytes, timeout_s=self.timeout_s)
+                for w in learners.workers]
+        self._run(refs, "forming the weight group")
+        self._group = list(workers)
 
-def _nccl_group(master_address: str, master_port: int, rank: int, world_size: int, device):
-    # vLLM's own NCCL wrapper: no torch.distributed group to clash with the engine's.
-    from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
-    from vllm.distributed.utils import StatelessProcessGroup
+    def _run(self, refs, what: str):
+        try:
+            # Longer than the learner's own waits, which name the engine that failed.
+            return self._get(refs, what, 2 * self.timeout_s + 30)
+        except ray.exceptions.RayTaskError as e:
+            self._group = None  # a failed collective leaves the group unusable: re-form before the next push
+            raise WeightPushError(f"weight push ({self.backend}) failed while {what}: {describe_failure(e)}") from e
 
-    group = StatelessProcessGroup.create(host=master_address, port=master_port, rank=rank, world_size=world_size)
-    return PyNcclCommunicator(group, device=device)
+    def _push(self, learners, workers: list, version: int) -> dict:
+        if self._group is None or len(self._group) != len(workers) or \
+                any(a is not b for a, b in zip(self._group, workers)):
+            self._form(learners, workers)
+        sent = self._run([w.push_weights.remote(version) for w in learners.workers], f"pushing version {version}")
+        return {"push_bytes": sent[0]["bytes"], "push_send_seconds": sent[0]["seconds"], "failed_workers": []}
 
-
-class NCCLWeightSender:
-    """NCCL sending half, on learner rank 0 (rank 0 of the group; vLLM workers follow)."""
-
-    def __init__(self, master_address: str, master_port: int, world_size: int):
-        self.comm = _nccl_group(master_address, master_port, 0, world_size, torch.cuda.current_device())
-
-    @staticmethod
-    def bucket_specs(module, bucket_bytes: int) -> list[list[tuple[str, str, list[int]]]]:
-        """(vLLM name, dtype, shape) per parameter, grouped so a bucket holds about ``bucket_bytes``."""
-        buckets, current, size = [], [], 0
-        for _, ck, p in exported_parameters(module):
-            nbytes = p.numel() * p.element_size()
-            if current and size + nbytes > bucket_bytes:
-                buckets.append(current)
-                current, size = [], 0
-            current.append((ck, str(p.dtype).removeprefix("torch."), list(p.shape)))
-            size += nbytes
-        if current:
-            buckets.append(current)
-        return buckets
-
-    def broadcast(self, module, specs: list[tuple[str, str, list[int]]]) -> int:
-        """Send one bucket in ``specs`` order; returns the bytes sent."""
-        wanted = {name for name, _, _ in specs}
-        params = {ck: p for _, ck, p in exported_parameters(module) if ck in wanted}
-        sent = 0
-        for name, _, _ in specs:
-            t = params[name].detach().contiguous()
-            self.comm.broadcast(t, src=0, stream=torch.cuda.current_stream())
-            sent += t.numel() * t.element_size()
-        torch.cuda.current_stream().synchronize()
-        return sent
+    def _rejoin(self, learners, workers: list, worker, version: int) -> None:
+        self._group = None  # every engine re-forms the group with the restarted one
+        self._push(learners, workers, version)
 
 
-class NCCLWeightReceiver:
-    """NCCL receiving half, in one vLLM worker (group rank = its rank in the engine + the offset)."""
-
-    def __init__(self, device, master_address: str, master_port: int, rank_offset: int, world_size: int):
-        from vllm.distributed.parallel_state import get_world_group
-
-        self.device = device
-        self.comm = _nccl_group(master_address, master_port, get_world_group().rank + rank_offset, world_size,
-                                device)
-
-    def receive(self, model_runner, specs: list[tuple[str, str, list[int]]]) -> int:
-        """Receive one bucket: ``specs`` lists (name, dtype, shape) in broadcast order."""
-        received = []
-        for name, dtype, shape in specs:
-            buf = torch.empty(shape, dtype=getattr(torch, dtype), device=self.device)
-            self.comm.broadcast(buf, src=0, stream=torch.cuda.current_stream())
-            received.append((name, buf))
-        torch.cuda.current_stream().synchronize()
-        model_runner.model.load_weights(weights=received)
-        return len(received)
-
-
-def make_weight_sync(backend: str, bucket_size_mb: int = 256, tp_size: int = 1):
+def make_weight_sync(backend: str, *, bucket_size_mb: int = 256, timeout_s: float = 600.0, verify: str = "first",
+                     dtype: str | None = None, tp_size: int = 1) -> WeightSync:
+    kwargs = dict(chunk_bytes=int(bucket_size_mb) << 20, timeout_s=timeout_s, verify=verify, dtype=dtype,
+                  tp_size=tp_size)
     if backend == "object_store":
-        return ObjectStoreWeightSync()
-    if backend == "nccl":
-        return NCCLWeightSync(bucket_size_mb, tp_size)
-    raise ValueError(f"unknown weight_sync.backend '{backend}'; choose object_store or nccl")
+        return ObjectStoreWeightSync(**kwargs)
+    if backend in ("gloo", "nccl", "ipc"):
+        return BroadcastWeightSync(backend, **kwargs)
+    raise ValueError(f"unknown weight_sync.backend '{backend}'; choose object_store, gloo, nccl or ipc")

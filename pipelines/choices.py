@@ -23,8 +23,20 @@ class DType(enum.StrEnum):
 
 
 class SyncBackend(enum.StrEnum):
-    object_store = "object_store"  # CPU path: safetensors bytes through Ray's object store
-    nccl = "nccl"  # GPU path: bucketed NCCL broadcast into vLLM
+    """How learner weights reach the vLLM engines (all through vLLM's weight-transfer API)."""
+
+    object_store = "object_store"  # through Ray's object store, into each engine in bounded messages
+    gloo = "gloo"  # broadcast from learner rank 0 over a gloo group: CPU clusters (and CI)
+    nccl = "nccl"  # broadcast from learner rank 0 over NCCL: GPUs, rollout and learner on separate devices
+    ipc = "ipc"  # CUDA IPC handles: colocated GPUs (the learner and an engine on the same device)
+
+
+class VerifyWhen(enum.StrEnum):
+    """When to check that the engines' weights equal the learner's after a push."""
+
+    first = "first"  # the first push, and the first after an engine rejoins
+    every = "every"
+    off = "off"
 
 
 class Placement(enum.StrEnum):

@@ -29,8 +29,6 @@ def validate(cfg: Any) -> None:
         problems.append("grpo.updates_per_batch and grpo.mini_batches must be >= 1")
     if cfg.trainer.prompts_per_step < 1:
         problems.append("trainer.prompts_per_step must be >= 1")
-    if cfg.weight_sync.backend == SyncBackend.nccl and cfg.rollout.resources_per_worker.num_gpus <= 0:
-        problems.append("weight_sync.backend=nccl needs GPUs: set rollout.resources_per_worker.num_gpus > 0")
     if cfg.rollout.async_mode and cfg.rollout.max_staleness < 1:
         problems.append("rollout.async_mode=true needs rollout.max_staleness >= 1 (batches sampled ahead are at "
                         "least one weight version old)")
@@ -44,12 +42,47 @@ def validate(cfg: Any) -> None:
                         "learner runs, so there is nothing to overlap; choose one")
     if cfg.rollout.sleep_level not in (1, 2):
         problems.append(f"rollout.sleep_level must be 1 or 2 (got {cfg.rollout.sleep_level})")
-    if cfg.weight_sync.backend == SyncBackend.nccl and cfg.learner.zero_stage == 3:
-        problems.append("weight_sync.backend=nccl broadcasts from learner rank 0, which holds full weights only "
-                        "with learner.zero_stage <= 2; use weight_sync.backend=object_store with ZeRO-3")
+    problems += weight_sync_problems(cfg)
     if not cfg.reward.functions:
         problems.append("reward.functions is empty: name at least one reward")
     if cfg.trainer.keep_last_n < 0:
         problems.append("trainer.keep_last_n must be >= 0 (0 keeps every checkpoint)")
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+def weight_sync_problems(cfg: Any) -> list[str]:
+    """Weight-push and engine-placement combinations that cannot work, found before anything starts."""
+    ws, ro, le = cfg.weight_sync, cfg.rollout, cfg.learner
+    gpus_ro, gpus_le = ro.resources_per_worker.num_gpus, le.resources_per_worker.num_gpus
+    backend, tp = ws.backend, ro.tensor_parallel_size
+    problems = []
+    if ws.timeout_s <= 0 or ws.bucket_size_mb < 1 or ws.every_n_steps < 1:
+        problems.append("weight_sync.timeout_s must be > 0, weight_sync.bucket_size_mb and every_n_steps >= 1")
+    if backend in (SyncBackend.nccl, SyncBackend.ipc) and (gpus_ro <= 0 or gpus_le <= 0):
+        problems.append(f"weight_sync.backend={backend} moves weights between GPUs: set "
+                        "rollout.resources_per_worker.num_gpus and learner.resources_per_worker.num_gpus > 0 "
+                        "(on CPUs use gloo or object_store)")
+    if backend == SyncBackend.nccl and cfg.cluster.colocate:
+        problems.append("weight_sync.backend=nccl with cluster.colocate=true: learner rank 0 and rollout-0 would "
+                        "join one NCCL group from the same GPU, which NCCL refuses; use weight_sync.backend=ipc")
+    if backend == SyncBackend.ipc and not cfg.cluster.colocate:
+        problems.append("weight_sync.backend=ipc shares GPU memory within a device: it needs cluster.colocate=true "
+                        "(separate devices: use nccl)")
+    if backend == SyncBackend.ipc and cfg.cluster.colocate and ro.num_workers != le.num_workers:
+        problems.append(f"weight_sync.backend=ipc: every engine needs a learner rank on its GPU; set "
+                        f"rollout.num_workers ({ro.num_workers}) = learner.num_workers ({le.num_workers})")
+    if backend != SyncBackend.object_store and le.zero_stage == 3:
+        problems.append(f"weight_sync.backend={backend} sends from learner rank 0, which holds full weights only "
+                        "with learner.zero_stage <= 2; use weight_sync.backend=object_store with ZeRO-3")
+    if tp < 1:
+        problems.append(f"rollout.tensor_parallel_size must be >= 1 (got {tp})")
+    elif tp > 1 and gpus_ro <= 0:
+        problems.append(f"rollout.tensor_parallel_size={tp} needs GPUs (vLLM's CPU backend runs one device)")
+    elif tp > 1 and gpus_ro != tp:
+        problems.append(f"rollout.tensor_parallel_size={tp}: each rollout actor runs its {tp} tensor-parallel "
+                        f"workers on the GPUs of its own bundle, so rollout.resources_per_worker.num_gpus must "
+                        f"be {tp} (got {gpus_ro:g})")
+    if tp > 1 and cfg.cluster.colocate:
+        problems.append("cluster.colocate=true shares one device per slot, so rollout.tensor_parallel_size must be 1")
+    return problems

@@ -21,6 +21,7 @@ from pipelines.choices import (
     PromptStyle,
     SFTTarget,
     SyncBackend,
+    VerifyWhen,
 )
 
 
@@ -160,7 +161,11 @@ class LearnerConfig:
 class WeightSyncConfig:
     backend: SyncBackend = SyncBackend.object_store
     every_n_steps: int = 1
+    # The largest message or packed buffer of a push: peak extra memory is about one of these.
     bucket_size_mb: int = 256
+    verify: VerifyWhen = VerifyWhen.first
+    # Every wait of a push (rendezvous, broadcast, load) gives up after this long, naming the actor.
+    timeout_s: float = 600.0
 
 
 @dataclass

@@ -42,6 +42,7 @@ def engine_kwargs(cfg, model_path: str) -> dict[str, Any]:
         max_pixels=cfg.model.max_pixels,
         trust_remote_code=cfg.model.trust_remote_code,
         enable_sleep=cfg.cluster.colocate,
+        weight_sync=str(cfg.weight_sync.backend),
     )
 
 

@@ -1,6 +1,8 @@
 """Typed configs: every shipped YAML resolves; bad keys and values are refused clearly."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from pipelines.config import CONFIG_DIR, ConfigError, load_config
@@ -55,8 +57,41 @@ def test_semantic_checks():
         load_config(None, ["rollout.group_size=1"])
     with pytest.raises(ConfigError, match="zero_stage"):
         load_config(None, ["learner.zero_stage=4"])
-    with pytest.raises(ConfigError, match="nccl needs GPUs"):
+    with pytest.raises(ConfigError, match="moves weights between GPUs"):
         load_config(None, ["weight_sync.backend=nccl"])
+
+
+GPU = ["rollout.resources_per_worker.num_gpus=1", "learner.resources_per_worker.num_gpus=1"]
+HALF = ["rollout.resources_per_worker.num_gpus=0.5", "learner.resources_per_worker.num_gpus=0.5"]
+
+
+@pytest.mark.parametrize("overrides, reason", [
+    (["weight_sync.backend=nccl", "cluster.colocate=true", *HALF], "NCCL refuses; use weight_sync.backend=ipc"),
+    (["weight_sync.backend=ipc", *GPU], "needs cluster.colocate=true"),
+    (["weight_sync.backend=ipc"], "moves weights between GPUs"),
+    (["weight_sync.backend=ipc", "cluster.colocate=true", *HALF, "rollout.num_workers=2", "learner.num_workers=1"],
+     "every engine needs a learner rank on its GPU"),
+    (["weight_sync.backend=nccl", *GPU, "learner.zero_stage=3"], "zero_stage <= 2"),
+    (["weight_sync.backend=gloo", "learner.zero_stage=3"], "zero_stage <= 2"),
+    (["rollout.tensor_parallel_size=2"], "needs GPUs"),
+    (["rollout.tensor_parallel_size=2", *GPU], "num_gpus must be 2"),
+    (["rollout.tensor_parallel_size=2", "rollout.resources_per_worker.num_gpus=2", "cluster.colocate=true"],
+     "tensor_parallel_size must be 1"),
+    (["weight_sync.timeout_s=0"], "timeout_s must be > 0"),
+])
+def test_impossible_weight_sync_combinations_refused_before_start(overrides, reason):
+    with pytest.raises(ConfigError, match=re.escape(reason)):
+        load_config(None, overrides)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["weight_sync.backend=gloo", "weight_sync.verify=every"],
+    ["weight_sync.backend=nccl", *GPU],
+    ["weight_sync.backend=ipc", "cluster.colocate=true", *HALF, "rollout.num_workers=1"],
+    ["rollout.tensor_parallel_size=2", "rollout.resources_per_worker.num_gpus=2", *GPU[1:]],
+])
+def test_workable_weight_sync_combinations_accepted(overrides):
+    load_config(None, overrides)
 
 
 def test_missing_config_file_lists_shipped():

@@ -24,6 +24,7 @@ import ray
 import torch
 from tqdm import tqdm
 
+from actors.weight_sync import WeightPushError
 from cluster.ray_utils import describe_failure
 from learner import checkpoint_manifest
 from learner.grpo import compute_advantages, dead_group_mask
@@ -269,12 +270,14 @@ class GRPOTrainer:
         """Run a learner call; if a learner rank fails, stop the run and say where to resume from."""
         try:
             return call()
-        except ray.exceptions.RayError as e:
+        except (ray.exceptions.RayError, WeightPushError) as e:
             where = (f"the last good checkpoint is {self.last_checkpoint}; resume with "
                      f"trainer.resume_from={self.last_checkpoint}" if self.last_checkpoint else
                      "no checkpoint was saved yet (set trainer.save_every to keep some)")
-            raise RunStopped(f"the learner failed during {what} at step {self.step + 1}; {where}.\n"
-                             f"  cause: {describe_failure(e)}") from e
+            pushed = isinstance(e, WeightPushError)
+            head = f"{what} failed" if pushed else f"the learner failed during {what}"
+            raise RunStopped(f"{head} at step {self.step + 1}; {where}.\n"
+                             f"  cause: {e if pushed else describe_failure(e)}") from e
 
     # ------------------------------------------------------------------ eval / checkpoints
     def evaluate(self, tag: str) -> dict:

@@ -213,16 +213,18 @@ def start_run(cfg) -> RunContext:
                         "temperature": cfg.rollout.temperature, "seed": cfg.trainer.seed})
     ready = wait_ready(rollout_workers)
     log.info("rollout actors ready: %s", ready)
-    sync = make_weight_sync(cfg.weight_sync.backend, cfg.weight_sync.bucket_size_mb,
-                            cfg.rollout.tensor_parallel_size)
+    ws = cfg.weight_sync
+    sync = make_weight_sync(str(ws.backend), bucket_size_mb=ws.bucket_size_mb, timeout_s=ws.timeout_s,
+                            verify=str(ws.verify), dtype=str(cfg.model.dtype), tp_size=cfg.rollout.tensor_parallel_size)
     ctx = RunContext(cfg, model_path, train, test, tokenizer, None, reward_workers, learners, sync, pgs)
 
     def catch_up(worker) -> None:
-        # A restarted actor came back with the base weights; push the current ones to it alone.
+        # A restarted actor came back with the base weights: it rejoins the push (a broadcast group is
+        # re-formed with it) and takes the current weights before it samples.
         version = max(ray.get([w.get_weight_version.remote() for w in rollout_workers if w is not worker]
                               or [0]))
         if version > 0:
-            ray.get(worker.load_weights.remote(learners.gather_state_dict(as_ref=True), version))
+            sync.rejoin(learners, rollout_workers, worker, version)
 
     ctx.rollout = RolloutPool(rollout_workers, on_restart=catch_up)
     if cfg.cluster.colocate:
