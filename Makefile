@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.medr1-installed
 # torch 2.13.0 build runs on the CPU and pairs with torchvision 0.28.0 (see requirements/).
 DEPS   := requirements/cpu.lock.txt requirements/overrides.txt setup.cfg pyproject.toml
 
-.PHONY: env run test bench clean
+.PHONY: env run test bench gpu-check clean
 
 env: $(STAMP)
 
@@ -29,6 +29,14 @@ test: env
 
 bench: env
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# On a machine with NVIDIA GPUs: the CUDA stack in its own venv, then the GPU path end to end.
+gpu-check:
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
+	@test -x .venv-gpu/bin/python || $(UV) venv --quiet .venv-gpu --python $(PYTHON)
+	$(UV) pip install --python .venv-gpu/bin/python --override requirements/overrides.txt -r requirements/gpu.txt
+	$(UV) pip install --python .venv-gpu/bin/python --no-deps -e .
+	.venv-gpu/bin/python bench/gpu_check.py $(ARGS)
 
 clean:
 	rm -rf outputs

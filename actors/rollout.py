@@ -70,7 +70,7 @@ class RolloutWorker:
         """The object-store push: ``state_dict`` in vLLM names (read from Ray's object store)."""
         t0 = time.perf_counter()
         n = self.engine.load_state_dict(state_dict, version, chunk_bytes)
-        self.weight_version = version
+        self.weight_version = self.engine.weight_version()  # vLLM's, stamped by finish_weight_update
         nbytes = sum(t.numel() * t.element_size() for t in state_dict.values())
         return {"tensors": n, "bytes": nbytes, "seconds": time.perf_counter() - t0, "version": version}
 
