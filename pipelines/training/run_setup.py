@@ -199,6 +199,11 @@ def start_run(cfg) -> RunContext:
         placement_group=pgs["rollout"], bundle_indices=list(range(R)), max_restarts=3)
     reward_workers = [RewardActor.options(name=f"reward-{i}", num_cpus=REWARD_WORKER_CPUS)
                       .remote(dict(cfg.reward.functions)) for i in range(cfg.reward.num_workers)]
+    if cfg.cluster.colocate:
+        # The engines size their memory when they start: they must be up and asleep before the
+        # learner ranks allocate on the same devices, and wake only once those are set up.
+        log.info("rollout actors ready: %s", wait_ready(rollout_workers))
+        ray.get([w.sleep.remote(cfg.rollout.sleep_level) for w in rollout_workers])
     learner_env = {k: str(v) for k, v in cfg.cluster.runtime_env_vars.items()}
     if cfg.learner.resources_per_worker.num_gpus == 0:
         learner_env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // N)) if local else \
@@ -211,8 +216,10 @@ def start_run(cfg) -> RunContext:
         placement_group=pgs["learner"], bundle_indices=list(range(N)), env=learner_env,
         learner_kwargs={"dtype": cfg.model.dtype, "attn_implementation": cfg.model.attn_implementation,
                         "temperature": cfg.rollout.temperature, "seed": cfg.trainer.seed})
-    ready = wait_ready(rollout_workers)
-    log.info("rollout actors ready: %s", ready)
+    if cfg.cluster.colocate:
+        ray.get([w.wake_up.remote() for w in rollout_workers])
+    else:
+        log.info("rollout actors ready: %s", wait_ready(rollout_workers))
     ws = cfg.weight_sync
     sync = make_weight_sync(str(ws.backend), bucket_size_mb=ws.bucket_size_mb, timeout_s=ws.timeout_s,
                             verify=str(ws.verify), dtype=str(cfg.model.dtype), tp_size=cfg.rollout.tensor_parallel_size)
