@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 
-from learner.grpo_options import AdvantageScale, KLEstimator, LossAgg  # noqa: F401  (the GRPO math owns them)
+from learner.grpo_options import AdvantageScale, KLEstimator, LossAgg, RatioLevel  # noqa: F401  (the GRPO math owns them)
 
 
 class PromptStyle(enum.StrEnum):

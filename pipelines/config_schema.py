@@ -19,6 +19,7 @@ from pipelines.choices import (
     OptionOrder,
     Placement,
     PromptStyle,
+    RatioLevel,
     SFTTarget,
     SyncBackend,
 )
@@ -136,6 +137,9 @@ class GRPOConfig:
     # Optimizer steps per pass over a rollout batch: it is split into this many mini-batches
     # (verl's ppo_mini_batch_size, TRL's steps_per_generation). More steps per rollout.
     mini_batches: int = 1
+    # GSPO: "sequence" clips one ratio per completion (the geometric mean of its token ratios;
+    # TRL's importance_sampling_level). GSPO's clip ranges are narrow, e.g. clip_low 3e-4, clip_high 4e-4.
+    ratio_level: RatioLevel = RatioLevel.token
 
 
 @dataclass
