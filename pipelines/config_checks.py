@@ -51,5 +51,15 @@ def validate(cfg: Any) -> None:
         problems.append("reward.functions is empty: name at least one reward")
     if cfg.trainer.keep_last_n < 0:
         problems.append("trainer.keep_last_n must be >= 0 (0 keeps every checkpoint)")
+    g = cfg.grpo
+    if g.dynamic_sampling and cfg.rollout.async_mode:
+        problems.append("grpo.dynamic_sampling=true with rollout.async_mode=true: re-sampling draws more prompts "
+                        "while later batches are already drawn and sampling ahead, so a step's data would depend on "
+                        "the queue and a checkpoint's data cursor would not say what was trained; choose one")
+    if g.dynamic_sampling_max_tries < 0:
+        problems.append("grpo.dynamic_sampling_max_tries must be >= 0")
+    if not (0 <= g.overlong_buffer <= cfg.rollout.max_new_tokens) or g.overlong_penalty < 0:
+        problems.append(f"grpo.overlong_buffer must be in [0, rollout.max_new_tokens = {cfg.rollout.max_new_tokens}] "
+                        f"(got {g.overlong_buffer}) and grpo.overlong_penalty >= 0 (got {g.overlong_penalty})")
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))

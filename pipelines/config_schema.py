@@ -140,6 +140,17 @@ class GRPOConfig:
     # GSPO: "sequence" clips one ratio per completion (the geometric mean of its token ratios;
     # TRL's importance_sampling_level). GSPO's clip ranges are narrow, e.g. clip_low 3e-4, clip_high 4e-4.
     ratio_level: RatioLevel = RatioLevel.token
+    # DAPO dynamic sampling (pipelines/training/dynamic_sampling.py): while fewer than
+    # trainer.prompts_per_step groups have unequal rewards, sample the next prompts, at most
+    # dynamic_sampling_max_tries extra rounds; only groups with unequal rewards train. Sync mode only.
+    dynamic_sampling: bool = False
+    dynamic_sampling_max_tries: int = 3
+    # DAPO overlong handling (pipelines/training/overlong.py): leave completions cut at
+    # rollout.max_new_tokens out of the loss, and/or a length penalty over the last
+    # overlong_buffer tokens before the limit, down to -overlong_penalty (0 = no penalty).
+    overlong_filter: bool = False
+    overlong_buffer: int = 0
+    overlong_penalty: float = 1.0
 
 
 @dataclass
