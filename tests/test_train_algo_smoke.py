@@ -25,7 +25,8 @@ def test_smoke_run_with_gspo_dapo_and_strict_format(tmp_path, ray_session):
         "grpo.overlong_filter=true",
         # room for the warm-start's 21-token think layout (smoke's 16 cuts every one of them short)
         "rollout.max_new_tokens=32", "eval.max_new_tokens=32",
-        "reward.functions={format_strict: 1.0, accuracy_strict: 1.0}"])
+        # a dict override merges into the default {format: 1, accuracy_strict: 1}: weight 0 turns format off
+        "reward.functions.format=0.0", "reward.functions.format_strict=1.0"])
     run_training(cfg)
 
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -48,4 +49,7 @@ def test_smoke_run_with_gspo_dapo_and_strict_format(tmp_path, ray_session):
 
     train = read_traces(out / "traces", "train").to_pylist()
     assert len(train) == sum(r["prompts"] for r in rows) * G, "every sampled completion is traced, resampled too"
-    assert all(set(json.loads(t["reward_components"])) == {"format_strict", "accuracy_strict"} for t in train)
+    for t in train:
+        comps = json.loads(t["reward_components"])
+        assert set(comps) == {"format", "format_strict", "accuracy_strict"}
+        assert t["reward"] == comps["format_strict"] + comps["accuracy_strict"], "the strict format is what counts"
