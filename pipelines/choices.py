@@ -62,6 +62,21 @@ class DataSource(enum.StrEnum):
     prepared = "prepared"  # data.prepared_dir written by `medr1 prepare-data`
 
 
+class Tracker(enum.StrEnum):
+    tensorboard = "tensorboard"  # <output_dir>/tensorboard
+    wandb = "wandb"  # optional extra (requirements/trackers.txt)
+    mlflow = "mlflow"  # optional extra (requirements/trackers.txt)
+
+
+# The module each optional tracker imports and the pip distribution that provides it.
+TRACKER_PACKAGES = {"wandb": ("wandb", "wandb"), "mlflow": ("mlflow", "mlflow-skinny")}
+
+
+class WandbMode(enum.StrEnum):
+    offline = "offline"  # files under <output_dir>/wandb; `wandb sync` uploads them later
+    online = "online"  # needs the network and a W&B login
+
+
 class SFTTarget(enum.StrEnum):
     answer = "answer"  # the ground-truth letter: the paper's SFT baseline
     format = "format"  # a random option letter: the format warm-start

@@ -22,6 +22,8 @@ from pipelines.choices import (
     RatioLevel,
     SFTTarget,
     SyncBackend,
+    Tracker,
+    WandbMode,
 )
 
 
@@ -206,7 +208,14 @@ class TrainerConfig:
 
 @dataclass
 class LoggingConfig:
-    tensorboard: bool = True
+    # Where step metrics go besides metrics.jsonl and the Ray dashboard; wandb and mlflow are
+    # optional extras (pip install -r requirements/trackers.txt) and get the config, the reward
+    # curve and the evaluation tables too.
+    trackers: list[Tracker] = field(default_factory=lambda: [Tracker.tensorboard])
+    tensorboard: bool = True  # false turns TensorBoard off even when listed (older configs use it)
+    project: str = "medr1"  # the W&B project / MLflow experiment; the run is named after output_dir
+    wandb_mode: WandbMode = WandbMode.offline
+    mlflow_tracking_uri: str = ""  # "": a file store at <output_dir>/mlruns; or a tracking server's URL
     traces: bool = True
     ray_metrics: bool = True
     progress: bool = True

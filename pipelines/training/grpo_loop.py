@@ -30,15 +30,17 @@ from learner.grpo import compute_advantages, dead_group_mask
 from learner.policy import vision_token_ids
 from learner.samples import TrainSample
 from pipelines.data.cursor import DataCursor
+from pipelines.config import to_dict
 from pipelines.errors import RunStopped, UserError
 from pipelines.evaluation.accuracy import FORMAT_REWARD
 from pipelines.evaluation.evaluate import evaluate_records, select_records
 from pipelines.traces import TraceWriter
 from pipelines.training.checkpoints import latest_valid, prune
 from pipelines.training.dynamic_sampling import fill_live_groups
-from pipelines.training.metrics import MetricsLog, plot_reward_curve, timer
+from pipelines.training.metrics import MetricsLog, plot_reward_curve, read_metrics, timer
 from pipelines.training.overlong import add_overlong_penalty, is_truncated
 from pipelines.training.run_setup import RunContext, start_run
+from pipelines.training.trackers import open_trackers
 from rewards import get_reward
 
 log = logging.getLogger(__name__)
@@ -94,8 +96,9 @@ class GRPOTrainer:
         c = self.cfg
         self.cursor = DataCursor(len(self.ctx.train), c.trainer.prompts_per_step, seed=c.data.seed,
                                  shuffle=c.data.shuffle)
-        self.metrics = MetricsLog(self.out, tensorboard=c.logging.tensorboard, ray_metrics=c.logging.ray_metrics,
-                                  run=self.out.name)
+        self.metrics = MetricsLog(self.out, tensorboard=c.logging.tensorboard and "tensorboard" in c.logging.trackers,
+                                  ray_metrics=c.logging.ray_metrics, run=self.out.name,
+                                  trackers=open_trackers(c.logging, self.out, run=self.out.name, config=to_dict(c)))
         self.traces = TraceWriter(self.out / "traces", kind="train") if c.logging.traces else None
         self.eval_traces = TraceWriter(self.out / "traces", kind="eval") if c.logging.traces else None
         if self.resume_from:
@@ -129,13 +132,14 @@ class GRPOTrainer:
         summary["minutes"] = (time.perf_counter() - t_start) / 60
         summary["weight_version"] = self.weight_version
         summary["rollout_restarts"] = ctx.rollout.restarts
-        summary["reward_curve"] = str(self._plot())
+        curve = self._plot()
+        summary["reward_curve"] = str(curve)
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
         if self.traces:
             self.traces.close()
         if self.eval_traces:
             self.eval_traces.close()
-        self.metrics.close()
+        self.metrics.close(reward_curve=curve, evals=read_metrics(self.out / "evals.jsonl"))
         return summary
 
     def total_steps(self) -> int:
