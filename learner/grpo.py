@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import torch
 
-from learner.grpo_options import AdvantageScale, KLEstimator, LossAgg
+from learner.grpo_options import AdvantageScale, KLEstimator, LossAgg, RatioLevel
 
 ADV_SCALES = tuple(str(s) for s in AdvantageScale)
 KL_ESTIMATORS = tuple(str(s) for s in KLEstimator)
 LOSS_AGGS = tuple(str(s) for s in LossAgg)
+RATIO_LEVELS = tuple(str(s) for s in RatioLevel)
 
 
 # -----------------------------------------------------------------------------
@@ -157,6 +158,7 @@ def grpo_loss(
     loss_agg: str = "seq_mean_token_mean",
     seq_sum_norm_constant: float = 256.0,
     entropy: torch.Tensor | None = None,
+    ratio_level: str = "token",
 ) -> tuple[torch.Tensor, dict]:
     """Clipped GRPO objective with optional KL penalty; returns (scalar loss, metrics).
 
@@ -170,9 +172,18 @@ def grpo_loss(
                            a sequence with no tokens contributes 0 (and still counts in B)
       token_mean           sum over all tokens / number of tokens (DAPO)
       seq_sum_norm         sum over all tokens / (B * seq_sum_norm_constant) (Dr. GRPO)
+
+    ratio_level:
+      token     ratio_t = exp(logp_t - old_logp_t), clipped per token (GRPO, the paper)
+      sequence  GSPO: one ratio per completion, s = exp(mean_t(logp_t - old_logp_t)) over its
+                real tokens (the geometric mean of its token ratios), clipped per completion and
+                given to every token of it; aggregation then weighs sequences as ``loss_agg`` says.
+                GSPO's clip ranges are far narrower than GRPO's (the paper: 3e-4 / 4e-4).
     """
     if loss_agg not in LOSS_AGGS:
         raise ValueError(f"loss_agg must be one of {LOSS_AGGS}, got {loss_agg!r}")
+    if ratio_level not in RATIO_LEVELS:
+        raise ValueError(f"ratio_level must be one of {RATIO_LEVELS}, got {ratio_level!r}")
     if logp.dim() != 2:
         raise ValueError(f"logp must be [B, T], got shape {tuple(logp.shape)}")
     B, T = logp.shape
@@ -202,8 +213,13 @@ def grpo_loss(
     old_logp = torch.where(maskb, old_logp.detach().float(), zero)
     adv = advantages.detach().float()[:, None]  # [B, 1], broadcast over tokens
 
-    # Clipped surrogate (PPO), per token.
-    ratio = torch.exp(logp - old_logp)
+    # Clipped surrogate (PPO), per token; GSPO's one ratio per sequence is broadcast over its tokens.
+    log_ratio = logp - old_logp
+    if ratio_level == "sequence":
+        # clamp(min=1): a sequence with no tokens gets log-ratio 0 (ratio 1), not 0/0.
+        seq = log_ratio.sum(dim=1, keepdim=True) / maskf.sum(dim=1, keepdim=True).clamp(min=1.0)
+        log_ratio = seq.expand(-1, T)
+    ratio = torch.exp(log_ratio)
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * adv
     pg_per_token = -torch.minimum(unclipped, clipped)

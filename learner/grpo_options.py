@@ -21,3 +21,8 @@ class LossAgg(enum.StrEnum):
     seq_mean_token_mean = "seq_mean_token_mean"  # paper / TRL 0.14
     token_mean = "token_mean"  # DAPO
     seq_sum_norm = "seq_sum_norm"  # Dr. GRPO
+
+
+class RatioLevel(enum.StrEnum):
+    token = "token"  # one importance ratio per token: GRPO / PPO, the paper
+    sequence = "sequence"  # GSPO: one ratio per completion, the geometric mean of its token ratios

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 
-from learner.grpo_options import AdvantageScale, KLEstimator, LossAgg  # noqa: F401  (the GRPO math owns them)
+from learner.grpo_options import AdvantageScale, KLEstimator, LossAgg, RatioLevel  # noqa: F401  (the GRPO math owns them)
 
 
 class PromptStyle(enum.StrEnum):
@@ -72,6 +72,21 @@ class DistBackend(enum.StrEnum):
 class DataSource(enum.StrEnum):
     synthetic = "synthetic"  # built locally by the project (the default run)
     prepared = "prepared"  # data.prepared_dir written by `medr1 prepare-data`
+
+
+class Tracker(enum.StrEnum):
+    tensorboard = "tensorboard"  # <output_dir>/tensorboard
+    wandb = "wandb"  # optional extra (requirements/trackers.txt)
+    mlflow = "mlflow"  # optional extra (requirements/trackers.txt)
+
+
+# The module each optional tracker imports and the pip distribution that provides it.
+TRACKER_PACKAGES = {"wandb": ("wandb", "wandb"), "mlflow": ("mlflow", "mlflow-skinny")}
+
+
+class WandbMode(enum.StrEnum):
+    offline = "offline"  # files under <output_dir>/wandb; `wandb sync` uploads them later
+    online = "online"  # needs the network and a W&B login
 
 
 class SFTTarget(enum.StrEnum):

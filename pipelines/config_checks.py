@@ -2,9 +2,10 @@
 refused with the reason before anything starts."""
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
-from pipelines.choices import SyncBackend
+from pipelines.choices import TRACKER_PACKAGES, SyncBackend
 from pipelines.errors import ConfigError
 
 
@@ -47,6 +48,21 @@ def validate(cfg: Any) -> None:
         problems.append("reward.functions is empty: name at least one reward")
     if cfg.trainer.keep_last_n < 0:
         problems.append("trainer.keep_last_n must be >= 0 (0 keeps every checkpoint)")
+    g = cfg.grpo
+    if g.dynamic_sampling and cfg.rollout.async_mode:
+        problems.append("grpo.dynamic_sampling=true with rollout.async_mode=true: re-sampling draws more prompts "
+                        "while later batches are already drawn and sampling ahead, so a step's data would depend on "
+                        "the queue and a checkpoint's data cursor would not say what was trained; choose one")
+    if g.dynamic_sampling_max_tries < 0:
+        problems.append("grpo.dynamic_sampling_max_tries must be >= 0")
+    if not (0 <= g.overlong_buffer <= cfg.rollout.max_new_tokens) or g.overlong_penalty < 0:
+        problems.append(f"grpo.overlong_buffer must be in [0, rollout.max_new_tokens = {cfg.rollout.max_new_tokens}] "
+                        f"(got {g.overlong_buffer}) and grpo.overlong_penalty >= 0 (got {g.overlong_penalty})")
+    missing = [f"{n} (pip install {TRACKER_PACKAGES[n][1]}, or -r requirements/trackers.txt)"
+               for n in map(str, cfg.logging.trackers)
+               if n in TRACKER_PACKAGES and importlib.util.find_spec(TRACKER_PACKAGES[n][0]) is None]
+    if missing:
+        problems.append(f"logging.trackers lists trackers that are not installed: {', '.join(missing)}")
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
 

@@ -19,9 +19,12 @@ from pipelines.choices import (
     OptionOrder,
     Placement,
     PromptStyle,
+    RatioLevel,
     SFTTarget,
     SyncBackend,
+    Tracker,
     VerifyWhen,
+    WandbMode,
 )
 
 
@@ -137,6 +140,20 @@ class GRPOConfig:
     # Optimizer steps per pass over a rollout batch: it is split into this many mini-batches
     # (verl's ppo_mini_batch_size, TRL's steps_per_generation). More steps per rollout.
     mini_batches: int = 1
+    # GSPO: "sequence" clips one ratio per completion (the geometric mean of its token ratios;
+    # TRL's importance_sampling_level). GSPO's clip ranges are narrow, e.g. clip_low 3e-4, clip_high 4e-4.
+    ratio_level: RatioLevel = RatioLevel.token
+    # DAPO dynamic sampling (pipelines/training/dynamic_sampling.py): while fewer than
+    # trainer.prompts_per_step groups have unequal rewards, sample the next prompts, at most
+    # dynamic_sampling_max_tries extra rounds; only groups with unequal rewards train. Sync mode only.
+    dynamic_sampling: bool = False
+    dynamic_sampling_max_tries: int = 3
+    # DAPO overlong handling (pipelines/training/overlong.py): leave completions cut at
+    # rollout.max_new_tokens out of the loss, and/or a length penalty over the last
+    # overlong_buffer tokens before the limit, down to -overlong_penalty (0 = no penalty).
+    overlong_filter: bool = False
+    overlong_buffer: int = 0
+    overlong_penalty: float = 1.0
 
 
 @dataclass
@@ -196,7 +213,14 @@ class TrainerConfig:
 
 @dataclass
 class LoggingConfig:
-    tensorboard: bool = True
+    # Where step metrics go besides metrics.jsonl and the Ray dashboard; wandb and mlflow are
+    # optional extras (pip install -r requirements/trackers.txt) and get the config, the reward
+    # curve and the evaluation tables too.
+    trackers: list[Tracker] = field(default_factory=lambda: [Tracker.tensorboard])
+    tensorboard: bool = True  # false turns TensorBoard off even when listed (older configs use it)
+    project: str = "medr1"  # the W&B project / MLflow experiment; the run is named after output_dir
+    wandb_mode: WandbMode = WandbMode.offline
+    mlflow_tracking_uri: str = ""  # "": a file store at <output_dir>/mlruns; or a tracking server's URL
     traces: bool = True
     ray_metrics: bool = True
     progress: bool = True

@@ -11,6 +11,7 @@ from typing import Callable
 
 from rewards.accuracy import accuracy_reward, accuracy_strict_reward
 from rewards.format import format_nothink_reward, format_reward, format_think_after_reward
+from rewards.format_strict import format_strict_nothink_reward, format_strict_reward
 
 RewardFn = Callable[[list, list], list]
 
@@ -62,5 +63,7 @@ def available_rewards() -> list[str]:
 register_reward("format", format_reward)
 register_reward("format_nothink", format_nothink_reward)
 register_reward("format_think_after", format_think_after_reward)
+register_reward("format_strict", format_strict_reward)
+register_reward("format_strict_nothink", format_strict_nothink_reward)
 register_reward("accuracy", accuracy_reward)
 register_reward("accuracy_strict", accuracy_strict_reward)

@@ -16,7 +16,7 @@ import logging
 import random
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -31,13 +31,17 @@ from learner.grpo import compute_advantages, dead_group_mask
 from learner.policy import vision_token_ids
 from learner.samples import TrainSample
 from pipelines.data.cursor import DataCursor
+from pipelines.config import to_dict
 from pipelines.errors import RunStopped, UserError
 from pipelines.evaluation.accuracy import FORMAT_REWARD
 from pipelines.evaluation.evaluate import evaluate_records, select_records
 from pipelines.traces import TraceWriter
 from pipelines.training.checkpoints import latest_valid, prune
-from pipelines.training.metrics import MetricsLog, plot_reward_curve, timer
+from pipelines.training.dynamic_sampling import fill_live_groups
+from pipelines.training.metrics import MetricsLog, plot_reward_curve, read_metrics, timer
+from pipelines.training.overlong import add_overlong_penalty, is_truncated
 from pipelines.training.run_setup import RunContext, start_run
+from pipelines.training.trackers import open_trackers
 from rewards import get_reward
 
 log = logging.getLogger(__name__)
@@ -63,6 +67,7 @@ class SampledPrompt:
     result: dict  # the rollout result: {"completions", "error", ...}
     version: int  # weight version it was sampled with
     worker: int  # the rollout actor that sampled it
+    scores: list = field(default_factory=list)  # one reward-actor score per completion
 
 
 class GRPOTrainer:
@@ -92,8 +97,9 @@ class GRPOTrainer:
         c = self.cfg
         self.cursor = DataCursor(len(self.ctx.train), c.trainer.prompts_per_step, seed=c.data.seed,
                                  shuffle=c.data.shuffle)
-        self.metrics = MetricsLog(self.out, tensorboard=c.logging.tensorboard, ray_metrics=c.logging.ray_metrics,
-                                  run=self.out.name)
+        self.metrics = MetricsLog(self.out, tensorboard=c.logging.tensorboard and "tensorboard" in c.logging.trackers,
+                                  ray_metrics=c.logging.ray_metrics, run=self.out.name,
+                                  trackers=open_trackers(c.logging, self.out, run=self.out.name, config=to_dict(c)))
         self.traces = TraceWriter(self.out / "traces", kind="train") if c.logging.traces else None
         self.eval_traces = TraceWriter(self.out / "traces", kind="eval") if c.logging.traces else None
         if self.resume_from:
@@ -127,13 +133,14 @@ class GRPOTrainer:
         summary["minutes"] = (time.perf_counter() - t_start) / 60
         summary["weight_version"] = self.weight_version
         summary["rollout_restarts"] = ctx.rollout.restarts
-        summary["reward_curve"] = str(self._plot())
+        curve = self._plot()
+        summary["reward_curve"] = str(curve)
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
         if self.traces:
             self.traces.close()
         if self.eval_traces:
             self.eval_traces.close()
-        self.metrics.close()
+        self.metrics.close(reward_curve=curve, evals=read_metrics(self.out / "evals.jsonl"))
         return summary
 
     def total_steps(self) -> int:
@@ -161,35 +168,36 @@ class GRPOTrainer:
                 self._launch(nxt)
         queue_depth = len(self._inflight)  # batches sampling ahead of this step (always 0 in sync mode)
 
-        # Prompts whose image failed preprocessing are skipped and counted; the step goes on.
-        sampled = [SampledPrompt(record=r, payload=p, result=res, version=v, worker=w) for r, p, res, v, w
-                   in zip(batch, prompts, outcome.results, outcome.versions, outcome.workers)]
-        kept = [sp for sp in sampled if not sp.result["error"]]
-        skipped = [(sp.record.id, sp.result["error"]) for sp in sampled if sp.result["error"]]
-        for rid, err in skipped:
-            log.warning("step %d: prompt %s skipped: %s", self.step, rid, err)
-
-        texts, answers = [], []
-        for sp in kept:
-            for comp in sp.result["completions"]:
-                texts.append(comp["text"])
-                answers.append(sp.record.answer)
         with timer(timings, "time_reward"):
-            scores = ctx.score(texts, answers)
-
-        rewards = torch.tensor([s["total"] for s in scores], dtype=torch.float32)
-        m: dict[str, Any] = {"weight_version": self.weight_version, "prompts": len(kept),
-                             "skipped_prompts": len(skipped)}
+            kept, skipped = self._scored(batch, prompts, outcome)
+        m: dict[str, Any] = {"weight_version": self.weight_version, "skipped_prompts": len(skipped)}
         if len(kept) == 0:
             raise RuntimeError(f"step {self.step}: every prompt failed preprocessing: {skipped[:3]}")
+        trains = None  # which groups train (dynamic sampling decides; else all, or the live ones if filtered)
+        if c.grpo.dynamic_sampling:
+            with timer(timings, "time_resample"):
+                filled = fill_live_groups(kept, lambda sp: [s["total"] for s in sp.scores], self._sample_more,
+                                          target=c.trainer.prompts_per_step,
+                                          max_tries=c.grpo.dynamic_sampling_max_tries)
+            kept, trains = filled.groups, filled.trains()
+            m.update(filled.metrics())
+        texts = [comp["text"] for sp in kept for comp in sp.result["completions"]]
+        scores = [s for sp in kept for s in sp.scores]
+        rewards = torch.tensor([s["total"] for s in scores], dtype=torch.float32)
+        m["prompts"] = len(kept)
         adv, adv_stats = compute_advantages(rewards, G, scale=c.grpo.advantage_scale, eps=c.grpo.advantage_eps)
-        live_groups = ~dead_group_mask(rewards, G)
+        if trains is None:
+            trains = [not c.grpo.filter_dead_groups or bool(x) for x in ~dead_group_mask(rewards, G)]
         samples, trace_rows = [], []
-        k = 0
+        k, truncated, overlong_dropped = 0, 0, 0
         for gi, sp in enumerate(kept):
             for si, comp in enumerate(sp.result["completions"]):
                 s = scores[k]
-                if not c.grpo.filter_dead_groups or bool(live_groups[gi]):
+                truncated += is_truncated(comp)
+                # DAPO overlong filter: a truncated completion stays in its group's statistics, out of the loss.
+                drop_overlong = c.grpo.overlong_filter and is_truncated(comp)
+                overlong_dropped += bool(trains[gi] and drop_overlong)
+                if trains[gi] and not drop_overlong:
                     samples.append(TrainSample(sample_id=f"{sp.record.id}#{si}", prompt_text=sp.payload["prompt"],
                                                image=sp.payload["image"], completion_ids=comp["token_ids"],
                                                old_logprobs=comp["logprobs"], advantage=float(adv[k])))
@@ -207,6 +215,8 @@ class GRPOTrainer:
             # the paper's format check for the prompt style in use, whichever rewards are configured
             format_rate=_mean(get_reward(FORMAT_REWARD[c.data.prompt_style])(texts)) if texts else 0.0,
             completion_length=_mean([len(s.completion_ids) for s in samples]) if samples else 0.0,
+            truncated_fraction=truncated / max(len(scores), 1),  # completions cut at rollout.max_new_tokens
+            overlong_filtered=overlong_dropped,
             rollout_tokens=outcome.tokens,
             # vision special tokens in the completions: 0 while vLLM's ban holds (the learner masks any)
             vision_tokens_sampled=sum(t in self._vision_ids for sp in kept for comp in sp.result["completions"]
@@ -246,17 +256,48 @@ class GRPOTrainer:
         m["weight_version"] = self.weight_version
         return m
 
+    def _sampling(self, step: int, extra_round: int = 0) -> dict:
+        c = self.cfg
+        # Seeded by the step that trains on it, so sync, async and resumed runs draw the same samples per step.
+        return dict(n=c.rollout.group_size, temperature=c.rollout.temperature, top_p=c.rollout.top_p,
+                    top_k=c.rollout.top_k, max_tokens=c.rollout.max_new_tokens,
+                    seed=c.rollout.seed * 100_003 + step * 1009 + extra_round * 7_919_009)
+
     def _launch(self, step: int) -> None:
         """Draw the batch for ``step`` and start sampling it (returns at once)."""
-        c, ctx = self.cfg, self.ctx
+        ctx = self.ctx
         cursor_before = self.cursor.to_dict()
         batch = [ctx.train[i] for i in self.cursor.next_batch()]
         prompts = [ctx.prompt_payload(r) for r in batch]
-        # Seeded by the step that trains on it, so sync, async and resumed runs draw the same samples per step.
-        sampling = dict(n=c.rollout.group_size, temperature=c.rollout.temperature, top_p=c.rollout.top_p,
-                        top_k=c.rollout.top_k, max_tokens=c.rollout.max_new_tokens,
-                        seed=c.rollout.seed * 100_003 + step * 1009)
-        self._inflight.append(_InFlight(step, batch, prompts, ctx.rollout.submit(prompts, sampling), cursor_before))
+        self._inflight.append(_InFlight(step, batch, prompts, ctx.rollout.submit(prompts, self._sampling(step)),
+                                        cursor_before))
+
+    def _scored(self, batch: list, prompts: list[dict], outcome) -> tuple[list[SampledPrompt], list]:
+        """The sampled prompts with their scores (overlong penalty included), and the (id, error) of those
+        whose image failed preprocessing: they are skipped and counted, the step goes on."""
+        c = self.cfg
+        sampled = [SampledPrompt(record=r, payload=p, result=res, version=v, worker=w) for r, p, res, v, w
+                   in zip(batch, prompts, outcome.results, outcome.versions, outcome.workers)]
+        kept = [sp for sp in sampled if not sp.result["error"]]
+        skipped = [(sp.record.id, sp.result["error"]) for sp in sampled if sp.result["error"]]
+        for rid, err in skipped:
+            log.warning("step %d: prompt %s skipped: %s", self.step, rid, err)
+        comps = [comp for sp in kept for comp in sp.result["completions"]]
+        scores = self.ctx.score([x["text"] for x in comps],
+                                [sp.record.answer for sp in kept for _ in sp.result["completions"]])
+        add_overlong_penalty(scores, comps, max_tokens=c.rollout.max_new_tokens, buffer=c.grpo.overlong_buffer,
+                             factor=c.grpo.overlong_penalty)
+        k = 0
+        for sp in kept:
+            sp.scores, k = scores[k:k + len(sp.result["completions"])], k + len(sp.result["completions"])
+        return kept, skipped
+
+    def _sample_more(self, extra_round: int) -> list[SampledPrompt]:
+        """Dynamic sampling: the next prompts from the data cursor, sampled and scored now (sync mode only)."""
+        batch = [self.ctx.train[i] for i in self.cursor.next_batch()]
+        prompts = [self.ctx.prompt_payload(r) for r in batch]
+        outcome = self.ctx.rollout.generate(prompts, self._sampling(self.step, extra_round))
+        return self._scored(batch, prompts, outcome)[0]
 
     def _staleness(self, versions: list[int]) -> int:
         """Weight versions between the oldest sample of this batch and the policy being updated."""

@@ -13,13 +13,16 @@ from torch.utils.tensorboard import SummaryWriter
 
 from cluster.metrics import RayMetrics
 from pipelines.figures import plt, save_figure
+from pipelines.training.trackers import eval_table
 
 log = logging.getLogger(__name__)
 
 
 class MetricsLog:
-    def __init__(self, output_dir: str | Path, *, tensorboard: bool = True, ray_metrics: bool = True, run: str = ""):
+    def __init__(self, output_dir: str | Path, *, tensorboard: bool = True, ray_metrics: bool = True, run: str = "",
+                 trackers: list | None = None):
         self.dir = Path(output_dir)
+        self._trackers = list(trackers or [])  # pipelines/training/trackers.py: W&B, MLflow
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "metrics.jsonl"
         self._tb = None
@@ -47,10 +50,18 @@ class MetricsLog:
             self._tb.flush()
         if self._ray is not None:
             self._ray.record(numeric)
+        for t in self._trackers:
+            t.log(step, numeric)
 
-    def close(self) -> None:
+    def close(self, reward_curve: Optional[Path] = None, evals: Optional[list[dict]] = None) -> None:
+        """Flush and close; the trackers also get the reward curve and the evaluation table."""
         if self._tb is not None:
             self._tb.close()
+        images = {"reward_curve": Path(reward_curve)} if reward_curve else {}
+        tables = {"evals": eval_table(evals)} if evals else {}
+        for t in self._trackers:
+            t.finish(images, tables)
+        self._trackers = []
 
 
 @contextmanager

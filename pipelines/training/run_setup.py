@@ -157,7 +157,8 @@ class RunContext:
         """The trace row of one scored training completion (the reward components give its flags)."""
         comps = score["components"]
         acc = comps.get("accuracy_strict", comps.get("accuracy"))
-        fmt = comps.get("format", comps.get("format_nothink", comps.get("format_think_after")))
+        fmt = next((comps[k] for k in ("format", "format_nothink", "format_think_after", "format_strict",
+                                       "format_strict_nothink") if k in comps), None)
         return trace_row(record, comp, kind="train", run=Path(self.cfg.trainer.output_dir).name,
                          model=self.model_path, step=step, weight_version=version, worker=worker,
                          image_sha256=_sha256(self.prompt_payload(record)["image"]), sample_index=sample_index,
