@@ -2,6 +2,7 @@
 refused with the reason before anything starts."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pipelines.choices import SyncBackend
@@ -51,5 +52,10 @@ def validate(cfg: Any) -> None:
         problems.append("reward.functions is empty: name at least one reward")
     if cfg.trainer.keep_last_n < 0:
         problems.append("trainer.keep_last_n must be >= 0 (0 keeps every checkpoint)")
+    if cfg.logging.trace_images_max_mb < 0:
+        problems.append("logging.trace_images_max_mb must be >= 0 (0 keeps no image copies)")
+    if cfg.logging.trace_signing_key and not Path(cfg.logging.trace_signing_key).is_file():
+        problems.append(f"logging.trace_signing_key: no key file at {cfg.logging.trace_signing_key} "
+                        f"(make one with `medr1 trace keygen FILE`)")
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))

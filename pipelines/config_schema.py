@@ -193,6 +193,8 @@ class TrainerConfig:
 class LoggingConfig:
     tensorboard: bool = True
     traces: bool = True
+    trace_images_max_mb: float = 1024.0  # cap of traces/images/ (each image kept once); 0: keep none
+    trace_signing_key: str = ""  # an Ed25519 PEM key file (medr1 trace keygen): sign traces/MANIFEST.json
     ray_metrics: bool = True
     progress: bool = True
 
