@@ -35,8 +35,8 @@ from pipelines.evaluation.report import plot_accuracy_bars, print_eval_table
 from pipelines.launch import connect_ray, start_eval_workers
 from pipelines.models.tiny import is_model_dir
 from pipelines.prompts import chat_prompt
-from pipelines.tracing.provenance import config_sha256
 from pipelines.traces import TraceWriter, reset_store, trace_row
+from pipelines.tracing.provenance import config_sha256
 
 log = logging.getLogger(__name__)
 

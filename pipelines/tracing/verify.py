@@ -17,8 +17,16 @@ from typing import Optional
 
 import pyarrow.parquet as pq
 
-from pipelines.tracing.chain import MANIFEST, SIGNATURE, check_signature, combined_head, file_sha256, genesis, \
-    manifest_self_ok, row_hash
+from pipelines.tracing.chain import (
+    MANIFEST,
+    SIGNATURE,
+    check_signature,
+    combined_head,
+    file_sha256,
+    genesis,
+    manifest_self_ok,
+    row_hash,
+)
 from pipelines.tracing.rows import part_files
 
 

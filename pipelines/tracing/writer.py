@@ -24,8 +24,16 @@ from typing import Any, Iterable, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.tracing.chain import MANIFEST, SIGNATURE, file_sha256, genesis, new_manifest, read_manifest, \
-    row_hash, write_manifest
+from pipelines.tracing.chain import (
+    MANIFEST,
+    SIGNATURE,
+    file_sha256,
+    genesis,
+    new_manifest,
+    read_manifest,
+    row_hash,
+    write_manifest,
+)
 from pipelines.tracing.images import ImageStore
 from pipelines.tracing.provenance import code_version, new_run_id
 from pipelines.tracing.rows import normalise, part_files, schema

@@ -254,7 +254,7 @@ class GRPOTrainer:
 
     def _launch(self, step: int) -> None:
         """Draw the batch for ``step`` and start sampling it (returns at once)."""
-        c, ctx = self.cfg, self.ctx
+        ctx = self.ctx
         cursor_before = self.cursor.to_dict()
         batch = [ctx.train[i] for i in self.cursor.next_batch()]
         prompts = [ctx.prompt_payload(r) for r in batch]

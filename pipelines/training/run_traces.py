@@ -9,9 +9,9 @@ from typing import Any, Optional
 
 import ray
 
+from pipelines.traces import TraceWriter
 from pipelines.tracing.chain import combined_head
 from pipelines.tracing.provenance import config_sha256
-from pipelines.traces import TraceWriter
 
 HEADS_FILE = "trace/HEADS.json"  # inside a checkpoint, sealed with it by learner/checkpoint_manifest.py
 
