@@ -56,7 +56,10 @@ class Verdict:
 
 
 def verify_store(directory: str | Path, heads: tuple[str, ...] = (), public_key: Optional[str] = None,
-                 check_images: bool = True) -> Verdict:
+                 check_images: bool = True, head_records: tuple[dict, ...] = ()) -> Verdict:
+    """``heads``: recorded heads, each ``KIND:HEX`` or the combined HEX a run prints; ``head_records``:
+    per-kind heads found beside the store (summary.json, checkpoints). They are trusted only when they
+    hash to a combined head given, and then say which chain was cut."""
     d = Path(directory)
     v = Verdict(d)
     path = d / MANIFEST
@@ -85,7 +88,10 @@ def verify_store(directory: str | Path, heads: tuple[str, ...] = (), public_key:
     for kind in sorted(chains):
         v.chains[kind] = _walk_chain(d, kind, chains[kind], run_id, v.problems, where, images)
     for h in heads:
-        _check_head(h.strip().lower(), v, where)
+        h = h.strip().lower()
+        rec = next((r for r in head_records if r and combined_head(r) == h), None)
+        for one in ([f"{k}:{x}" for k, x in sorted(rec.items())] if rec and h != v.head else [h]):
+            _check_head(one, v, where)
     if check_images:
         for rel, (f, i) in sorted(images.items()):
             p = d / rel

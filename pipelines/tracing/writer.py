@@ -51,6 +51,10 @@ class _Store:
         self.signing_key = signing_key
         self.manifest = read_manifest(d) or new_manifest(new_run_id(), run or d.parent.name)
         self.images = ImageStore(d, images_max_mb)
+        # On first open in this process (no writer of ours is mid-part): settle what a crash left behind.
+        kinds = {p.name.split("-")[0] for p in part_files(d)} | set(self.manifest["chains"])
+        if sum(self._adopt_orphans(k) for k in sorted(kinds)):
+            write_manifest(d, self.manifest, signing_key)
 
     def chain(self, kind: str, continue_from: Optional[dict]) -> dict:
         with self.lock:
@@ -59,26 +63,28 @@ class _Store:
                 start = (continue_from or {}).get("head") or genesis(self.manifest["run_id"], kind)
                 chains[kind] = {"genesis": start, "continues_from": continue_from or None, "rows": 0,
                                 "head": start, "parts": []}
-                self._adopt_orphans(kind)
             return chains[kind]
 
-    def _adopt_orphans(self, kind: str) -> None:
-        """Parts a crash left unlisted: kept if they continue the chain, else set aside (never deleted)."""
-        chain = self.manifest["chains"][kind]
-        listed = {p["file"] for p in chain["parts"]}
+    def _adopt_orphans(self, kind: str) -> int:
+        """Parts a crash left unlisted: kept if they continue the chain, else set aside (never deleted);
+        returns how many were adopted."""
+        chain, adopted = self.manifest["chains"].get(kind), 0
+        listed = {p["file"] for p in chain["parts"]} if chain else set()
         for path in part_files(self.dir, kind):
             if path.name in listed:
                 continue
-            rows = pq.read_table(path).to_pylist() if "row_sha256" in pq.read_schema(path).names else []
-            prev, ok = chain["head"], bool(rows)
+            rows = pq.read_table(path).to_pylist() if chain and "row_sha256" in pq.read_schema(path).names else []
+            prev, ok = (chain or {}).get("head"), bool(rows)
             for i, r in enumerate(rows):
                 ok = ok and r["seq"] == chain["rows"] + i and row_hash(prev, r) == r["row_sha256"]
                 prev = r["row_sha256"]
             if ok:
                 self._append(kind, path, rows, file_sha256(path))
+                adopted += 1
             else:
                 log.warning("trace part %s does not continue the %s chain; moved to %s.orphan", path, kind, path.name)
                 os.replace(path, path.with_name(path.name + ".orphan"))
+        return adopted
 
     def _append(self, kind: str, path: Path, rows: list[dict], sha: str) -> None:
         chain = self.manifest["chains"][kind]
@@ -208,7 +214,8 @@ class TraceWriter:
         for r in rows:
             png = r.pop("_image_png", None)
             if png is not None and r.get("image_sha256"):
-                r["image_file"] = self._store.images.put(r["image_sha256"], png)
+                with self._store.lock:  # the train and eval writers share the image folder
+                    r["image_file"] = self._store.images.put(r["image_sha256"], png)
             for k, v in self._defaults.items():
                 if r.get(k) in (None, ""):
                     r[k] = v
