@@ -155,7 +155,7 @@ class TraceWriter:
     # ------------------------------------------------------------------ caller's side
     def add(self, rows: Iterable[dict[str, Any]]) -> None:
         self._raise_if_failed()
-        rows = list(rows)
+        rows = [dict(r) for r in rows]  # the thread fills them in; the caller's dicts stay as they were
         if self._queue is None:
             self._ingest(rows)
         else:
