@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _verify(args) -> int:
-    from pipelines.tracing.cases import find_stores, head_records
+    from pipelines.audit.cases import find_stores, head_records
     from pipelines.tracing.verify import verify_store
 
     stores = find_stores(args.run)
@@ -73,7 +73,7 @@ def _verify(args) -> int:
 
 
 def _show(args) -> int:
-    from pipelines.tracing.cases import case_rows, find_store, load_rows, show_case
+    from pipelines.audit.cases import case_rows, find_store, load_rows, show_case
 
     store = find_store(args.run)
     rows = case_rows(load_rows(store, args.kind), args.prompt_id, args.step, args.kind)
@@ -87,7 +87,7 @@ def _show(args) -> int:
 
 
 def _report(args) -> int:
-    from pipelines.tracing.html_report import build_report
+    from pipelines.audit.html_report import build_report
 
     paths = build_report(args.run, args.out)
     print(f"report: {paths['index.html']} (open it in a browser; no server needed)")
@@ -95,7 +95,7 @@ def _report(args) -> int:
 
 
 def _export(args) -> int:
-    from pipelines.tracing.cases import export_rows, find_store, load_rows
+    from pipelines.audit.cases import export_rows, find_store, load_rows
 
     n = export_rows(load_rows(find_store(args.run), args.kind), args.format, args.out)
     if args.out:
@@ -104,7 +104,7 @@ def _export(args) -> int:
 
 
 def _recompute(args) -> int:
-    from pipelines.tracing.recompute import recompute_run
+    from pipelines.audit.recompute import recompute_run
 
     lines = recompute_run(args.run)
     if not lines:

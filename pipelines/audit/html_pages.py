@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from html import escape
 
-from pipelines.tracing.cases import options_text
+from pipelines.audit.cases import options_text
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px;color:#1d2330;max-width:1100px}

@@ -7,9 +7,9 @@ import json
 import math
 from pathlib import Path
 
+from pipelines.audit.cases import find_stores, load_rows
 from pipelines.evaluation.accuracy import summarize
 from pipelines.protocol.matrix import recompute_from_traces
-from pipelines.tracing.cases import find_stores, load_rows
 
 _TABLES = ("overall", "by_modality", "by_question_type", "by_source")
 

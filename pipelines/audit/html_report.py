@@ -12,10 +12,10 @@ import shutil
 from html import escape
 from pathlib import Path
 
+from pipelines.audit.cases import find_store, head_records, load_rows
+from pipelines.audit.html_pages import FILTER_JS, case_href, case_page, filter_bar, page, rows_table
 from pipelines.errors import UserError
 from pipelines.evaluation.accuracy import accuracy_table
-from pipelines.tracing.cases import find_store, head_records, load_rows
-from pipelines.tracing.html_pages import FILTER_JS, case_href, case_page, filter_bar, page, rows_table
 from pipelines.tracing.verify import verify_store
 
 
