@@ -67,7 +67,9 @@ def test_smoke_run(tmp_path, ray_session):
     for t in train + evals:
         by_version.setdefault(t["weight_version"], set()).add(t["weights_sha256"])
     assert all(len(s) == 1 and len(next(iter(s))) == 64 for s in by_version.values()), by_version
-    assert len({next(iter(s)) for s in by_version.values()}) == 3, "versions 0, 1, 2 are different weights"
+    start_sha = safetensors_digest(str(tmp_path / "warm" / "hf" / "model.safetensors"))
+    assert by_version[0] == {start_sha}, "version 0 names the weights the run started from"
+    assert start_sha != final_sha
     t0 = train[0]
     assert t0["record_index"] >= 0 and t0["dataset"].endswith(":train") and len(t0["config_sha256"]) == 64
     assert t0["code_version"].startswith("medr1-ray") and json.loads(t0["sampling"])["n"] == G
