@@ -51,6 +51,9 @@ class LearnerWorker:
     def gather_state_dict(self):
         return self.learner.gather_state_dict()
 
+    def weights_sha256(self) -> Optional[str]:
+        return self.learner.weights_sha256()
+
     def save_checkpoint(self, directory: str, client_state: Optional[dict] = None) -> str:
         return self.learner.save_checkpoint(directory, client_state)
 
@@ -180,6 +183,12 @@ class LearnerGroup:
         refs = [w.gather_state_dict.remote() for w in self.workers]
         ray.get(refs[1:])
         return refs[0] if as_ref else ray.get(refs[0])
+
+    def weights_sha256(self):
+        """ObjectRef of the SHA-256 of the current weights (rank 0's; every rank gathers under ZeRO-3).
+        Queued behind the push on the learner actors, so the driver's next rollout overlaps it."""
+        ranks = self.workers if self.zero_stage == 3 and self.world_size > 1 else self.workers[:1]
+        return [w.weights_sha256.remote() for w in ranks][0]
 
     def greedy_generate(self, prompt_text: str, image_png: bytes, max_new_tokens: int) -> list[int]:
         if self.zero_stage == 3 and self.world_size > 1:  # partitioned weights: every rank takes part

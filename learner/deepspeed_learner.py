@@ -55,6 +55,7 @@ from learner.policy import (
     to_device,
 )
 from learner.samples import TrainSample, dummy_sample
+from learner.weights_digest import weights_digest
 
 log = logging.getLogger(__name__)
 
@@ -311,6 +312,10 @@ class GRPOLearner:
         """Full weights under vLLM/checkpoint names on rank 0 (None elsewhere). All ranks must call."""
         out = {ck: t for _, ck, t in self._gathered_params()}
         return out if self.rank == 0 else None
+
+    def weights_sha256(self) -> Optional[str]:
+        """``learner/weights_digest.py`` of the weights a push sends, on rank 0 (None elsewhere). All ranks call."""
+        return weights_digest((ck, t) for _, ck, t in self._gathered_params())
 
     def save_checkpoint(self, directory: str, client_state: Optional[dict] = None) -> str:
         """``dir/hf`` (safetensors + config + processor, rank 0) and ``dir/deepspeed`` (engine state). Collective."""

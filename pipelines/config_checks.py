@@ -3,6 +3,7 @@ refused with the reason before anything starts."""
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 from typing import Any
 
 from pipelines.choices import TRACKER_PACKAGES, SyncBackend
@@ -63,6 +64,11 @@ def validate(cfg: Any) -> None:
                if n in TRACKER_PACKAGES and importlib.util.find_spec(TRACKER_PACKAGES[n][0]) is None]
     if missing:
         problems.append(f"logging.trackers lists trackers that are not installed: {', '.join(missing)}")
+    if cfg.logging.trace_images_max_mb < 0:
+        problems.append("logging.trace_images_max_mb must be >= 0 (0 keeps no image copies)")
+    if cfg.logging.trace_signing_key and not Path(cfg.logging.trace_signing_key).is_file():
+        problems.append(f"logging.trace_signing_key: no key file at {cfg.logging.trace_signing_key} "
+                        f"(make one with `medr1 trace keygen FILE`)")
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
 

@@ -222,6 +222,8 @@ class LoggingConfig:
     wandb_mode: WandbMode = WandbMode.offline
     mlflow_tracking_uri: str = ""  # "": a file store at <output_dir>/mlruns; or a tracking server's URL
     traces: bool = True
+    trace_images_max_mb: float = 1024.0  # cap of traces/images/ (each image kept once); 0: keep none
+    trace_signing_key: str = ""  # an Ed25519 PEM key file (medr1 trace keygen): sign traces/MANIFEST.json
     ray_metrics: bool = True
     progress: bool = True
 

@@ -55,3 +55,26 @@ def test_smoke_run(tmp_path, ray_session, push):
     assert is_model_dir(out / "checkpoints" / "final" / "hf")
     assert (out / "reward_curve.png").stat().st_size > 1000
     assert pq.read_schema(next((out / "traces").glob("train-*.parquet"))).names[:3] == ["run", "kind", "step"]
+
+    # Provenance and tamper evidence: the chains verify against the head the run recorded, every row
+    # cites the weights it was sampled with, and the final version's hash is the saved weights' hash.
+    from learner.weights_digest import safetensors_digest
+    from pipelines.tracing.verify import verify_store
+
+    v = verify_store(out / "traces", heads=(on_disk["trace_head"],))
+    assert v.ok, v.problems
+    assert json.loads((out / "checkpoints" / "final" / "trace" / "HEADS.json").read_text())["heads"] == \
+        on_disk["trace_heads"], "the final checkpoint seals the heads the summary records"
+    final_sha = safetensors_digest(str(out / "checkpoints" / "final" / "hf" / "model.safetensors"))
+    assert {e["weights_sha256"] for e in evals if e["weight_version"] == 2} == {final_sha}
+    by_version = {}
+    for t in train + evals:
+        by_version.setdefault(t["weight_version"], set()).add(t["weights_sha256"])
+    assert all(len(s) == 1 and len(next(iter(s))) == 64 for s in by_version.values()), by_version
+    start_sha = safetensors_digest(str(tmp_path / "warm" / "hf" / "model.safetensors"))
+    assert by_version[0] == {start_sha}, "version 0 names the weights the run started from"
+    assert start_sha != final_sha
+    t0 = train[0]
+    assert t0["record_index"] >= 0 and t0["dataset"].endswith(":train") and len(t0["config_sha256"]) == 64
+    assert t0["code_version"].startswith("medr1-ray") and json.loads(t0["sampling"])["n"] == G
+    assert t0["seed"] >= 0 and t0["image_file"] and (out / "traces" / t0["image_file"]).is_file()

@@ -20,6 +20,7 @@ SUBCOMMAND_MODULES = [
     "pipelines.cli.sft",
     "pipelines.cli.evaluate",
     "pipelines.cli.protocol",
+    "pipelines.cli.trace",
     "pipelines.cli.submit",
 ]
 

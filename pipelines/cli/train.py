@@ -51,3 +51,6 @@ def _print_summary(summary: dict) -> None:
     out = summary.get("output_dir")
     print(f"outputs in {out}: metrics.jsonl, traces/, checkpoints/, summary.json, reward_curve.png")
     print(f"final model: {summary.get('final_model')}")
+    if summary.get("trace_head"):  # record it elsewhere: it proves later that no trace row was changed
+        print(f"trace head: {summary['trace_head']}  (check later: medr1 trace verify {out} --head "
+              f"{summary['trace_head']})")

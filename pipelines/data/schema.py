@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from pipelines.errors import BadRecordError
 from rewards.accuracy import CHOICE_LETTERS as LETTERS  # the answer letters A-H, defined once in rewards
@@ -107,6 +107,7 @@ class VQARecord:
     question_type: str
     source: str
     image_path: str = ""  # the original path, kept for traceability
+    index: int = field(default=-1, compare=False)  # position in its prepared split file (traces cite it)
 
     def validate(self, allow_unknown: bool = False) -> "VQARecord":
         """Raise ValueError saying what is wrong; return self when the record is usable."""

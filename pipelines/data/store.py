@@ -157,4 +157,4 @@ def load_prepared(data_dir: str | os.PathLike, split: str) -> list[VQARecord]:
     rows = table.to_pylist()
     return [VQARecord(id=r["id"], image=r["image"] or b"", question=r["question"], options=list(r["options"]),
                       answer=r["answer"], modality=r["modality"], question_type=r["question_type"],
-                      source=r["source"], image_path=r["image_path"] or "") for r in rows]
+                      source=r["source"], image_path=r["image_path"] or "", index=i) for i, r in enumerate(rows)]

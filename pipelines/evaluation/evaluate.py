@@ -26,6 +26,7 @@ from transformers import AutoTokenizer
 from actors.sharding import contiguous_shards
 from cluster.ray_utils import kill_quietly
 from learner.image_codec import read_image_bytes
+from learner.weights_digest import safetensors_digest
 from pipelines.config import REPO_ROOT, load_config
 from pipelines.data.store import load_prepared
 from pipelines.errors import UserError
@@ -34,7 +35,8 @@ from pipelines.evaluation.report import plot_accuracy_bars, print_eval_table
 from pipelines.launch import connect_ray, start_eval_workers
 from pipelines.models.tiny import is_model_dir
 from pipelines.prompts import chat_prompt
-from pipelines.traces import TraceWriter, trace_row
+from pipelines.traces import TraceWriter, reset_store, trace_row
+from pipelines.tracing.provenance import config_sha256
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +82,15 @@ def write_outputs(out: Path, metrics: dict, rows: list[dict], info: dict[str, An
     out.mkdir(parents=True, exist_ok=True)
     tdir = out / "traces"
     if tdir.is_dir():
-        for old in tdir.glob("eval-*.parquet"):  # eval.json is replaced, so are the rows behind it
-            old.unlink()
-    tw = TraceWriter(tdir, kind="eval")
+        reset_store(tdir)  # eval.json is replaced, so are the rows behind it (a new chain)
+    tw = TraceWriter(tdir, kind="eval", provenance={"dataset": f"{info['data']}:{info['split']}",
+                                                    "config_sha256": info.get("config_sha256", "")},
+                     images_max_mb=info.get("images_max_mb", 1024.0), signing_key=info.get("signing_key") or None)
     tw.add(rows)
     tw.close()
-    doc = {**info, **metrics}
+    heads = tw.heads()
+    info = {k: v for k, v in info.items() if k not in ("images_max_mb", "signing_key")}
+    doc = {**info, **metrics, "trace_head": heads.get("eval", "")}
     (out / "eval.json").write_text(json.dumps(doc, indent=2, default=float) + "\n")
     plot_accuracy_bars(metrics["by_modality"], out / "accuracy_by_modality.png", "accuracy by modality",
                        metrics["overall"])
@@ -141,9 +146,11 @@ def evaluate_model(model: str, data: str, *, split: str = "test", out: Optional[
                 started_ray = True
             workers = start_eval_workers(cfg, model, R, max_new_tokens)
             started_workers = True
+        weights = safetensors_digest(model)  # the weights evaluated, as training rows cite theirs
         rows, skipped, seconds = generate_eval_rows(
             workers, records, tokenizer=tokenizer, max_new_tokens=max_new_tokens, prompt_style=style,
-            weight_version=weight_version, step=-1, model=model, run=run_name or out.name, progress=progress)
+            weight_version=weight_version, step=-1, model=model, run=run_name or out.name, progress=progress,
+            weights_sha256=weights)
     finally:
         if started_workers:
             kill_quietly(workers or [])
@@ -152,13 +159,16 @@ def evaluate_model(model: str, data: str, *, split: str = "test", out: Optional[
     metrics = summarize(rows, skipped, seconds)
     info = {"model": model, "data": str(data), "split": split, "weight_version": int(weight_version),
             "prompt_style": style, "max_new_tokens": max_new_tokens, "workers": len(workers or []),
-            "records": len(records)}
+            "records": len(records), "weights_sha256": weights, "config_sha256": config_sha256(cfg),
+            "images_max_mb": cfg.logging.trace_images_max_mb, "signing_key": cfg.logging.trace_signing_key}
     doc = write_outputs(out, metrics, rows, info)
     if print_table:
         print_eval_table(metrics, title=f"{Path(model).name} on {Path(data).name}/{split}")
         if show_errors:
             print_errors(rows, show_errors)
         print(f"outputs in {out}: eval.json, traces/, accuracy_by_modality.png, accuracy_by_question_type.png")
+        print(f"trace head: eval:{doc['trace_head']}  (check later: medr1 trace verify {out} --head "
+              f"eval:{doc['trace_head']})")
     return doc
 
 
@@ -185,7 +195,7 @@ def build_payloads(records: list, tokenizer, prompt_style: str = "think"):
 # --------------------------------------------------------------------------- generation
 def generate_eval_rows(workers: list, records: list, *, tokenizer, max_new_tokens: int = 256,
                        prompt_style: str = "think", weight_version: int = 0, step: int = -1, model: str = "",
-                       run: str = "", progress: bool = True, chunk_size: int = 512):
+                       run: str = "", progress: bool = True, chunk_size: int = 512, weights_sha256: str = ""):
     """Greedy-generate every record on the rollout actors; returns (rows, skipped, seconds).
 
     Records are split into R contiguous shards (one per actor); a shard larger than
@@ -224,7 +234,8 @@ def generate_eval_rows(workers: list, records: list, *, tokenizer, max_new_token
                     rows_by_index[p["_index"]] = trace_row(
                         rec, c, kind="eval", run=run, model=model, step=step,
                         weight_version=out.get("weight_version", weight_version), worker=out.get("worker", -1),
-                        image_sha256=p["_sha256"], correct=scored["correct"], format_ok=scored["format_ok"])
+                        image_sha256=p["_sha256"], correct=scored["correct"], format_ok=scored["format_ok"],
+                        weights_sha256=weights_sha256, sampling=sampling, image_png=p["image"])
                 bar.update(len(chunk))
     finally:
         bar.close()
@@ -234,7 +245,7 @@ def generate_eval_rows(workers: list, records: list, *, tokenizer, max_new_token
 
 def evaluate_records(workers: list, records: list, *, tokenizer, max_new_tokens: int = 256,
                      prompt_style: str = "think", weight_version: int = 0, step: int = -1, model: str = "",
-                     run: str = "", trace_writer=None, progress: bool = True) -> dict:
+                     run: str = "", trace_writer=None, progress: bool = True, weights_sha256: str = "") -> dict:
     """Evaluate ``records`` greedily on the rollout ``workers``; returns the metrics dict.
 
     Keys: overall, by_modality, by_question_type, by_source (each cell
@@ -246,7 +257,8 @@ def evaluate_records(workers: list, records: list, *, tokenizer, max_new_tokens:
     (flushed before returning)."""
     rows, skipped, seconds = generate_eval_rows(
         workers, records, tokenizer=tokenizer, max_new_tokens=max_new_tokens, prompt_style=prompt_style,
-        weight_version=weight_version, step=step, model=model, run=run, progress=progress)
+        weight_version=weight_version, step=step, model=model, run=run, progress=progress,
+        weights_sha256=weights_sha256)
     if trace_writer is not None and rows:
         trace_writer.add(rows)
         trace_writer.flush()

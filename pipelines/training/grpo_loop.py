@@ -35,13 +35,13 @@ from pipelines.config import to_dict
 from pipelines.errors import RunStopped, UserError
 from pipelines.evaluation.accuracy import FORMAT_REWARD
 from pipelines.evaluation.evaluate import evaluate_records, select_records
-from pipelines.traces import TraceWriter
 from pipelines.training.checkpoints import latest_valid, prune
 from pipelines.training.dynamic_sampling import fill_live_groups
 from pipelines.training.metrics import MetricsLog, plot_reward_curve, read_metrics, timer
 from pipelines.training.overlong import add_overlong_penalty, is_truncated
 from pipelines.training.run_setup import RunContext, start_run
 from pipelines.training.trackers import open_trackers
+from pipelines.training.run_traces import RunTraces
 from rewards import get_reward
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,7 @@ class GRPOTrainer:
         self.weight_version = 0
         self.last_checkpoint: Optional[str] = None
         self._inflight: deque[_InFlight] = deque()
+        self.tr: Optional[RunTraces] = None
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -100,10 +101,13 @@ class GRPOTrainer:
         self.metrics = MetricsLog(self.out, tensorboard=c.logging.tensorboard and "tensorboard" in c.logging.trackers,
                                   ray_metrics=c.logging.ray_metrics, run=self.out.name,
                                   trackers=open_trackers(c.logging, self.out, run=self.out.name, config=to_dict(c)))
-        self.traces = TraceWriter(self.out / "traces", kind="train") if c.logging.traces else None
-        self.eval_traces = TraceWriter(self.out / "traces", kind="eval") if c.logging.traces else None
         if self.resume_from:
             self._resume(self.resume_from)
+        # After the resume: the chains continue from what this directory or the checkpoint recorded.
+        self.tr = RunTraces(c, self.out, self.resume_from) if c.logging.traces else None
+        self.traces, self.eval_traces = (self.tr.train, self.tr.eval) if self.tr else (None, None)
+        if self.tr:
+            self.tr.note_weights(self.weight_version, self.ctx.learners.weights_sha256())
 
     # ------------------------------------------------------------------ loop
     def train(self) -> dict:
@@ -135,11 +139,9 @@ class GRPOTrainer:
         summary["rollout_restarts"] = ctx.rollout.restarts
         curve = self._plot()
         summary["reward_curve"] = str(curve)
+        if self.tr:  # the chains' final heads, to record elsewhere too (`medr1 trace verify --head`)
+            summary.update(self.tr.close())
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
-        if self.traces:
-            self.traces.close()
-        if self.eval_traces:
-            self.eval_traces.close()
         self.metrics.close(reward_curve=curve, evals=read_metrics(self.out / "evals.jsonl"))
         return summary
 
@@ -201,11 +203,14 @@ class GRPOTrainer:
                     samples.append(TrainSample(sample_id=f"{sp.record.id}#{si}", prompt_text=sp.payload["prompt"],
                                                image=sp.payload["image"], completion_ids=comp["token_ids"],
                                                old_logprobs=comp["logprobs"], advantage=float(adv[k])))
-                trace_rows.append(ctx.trace_row(sp.record, comp, s, step=self.step, version=sp.version,
-                                                worker=sp.worker, sample_index=si, advantage=float(adv[k])))
+                if self.tr:
+                    trace_rows.append(ctx.trace_row(
+                        sp.record, comp, s, step=self.step, version=sp.version, worker=sp.worker, sample_index=si,
+                        advantage=float(adv[k]), weights_sha256=self.tr.weights_sha256(sp.version),
+                        sampling=self._sampling(self.step)))
                 k += 1
-        if self.traces:
-            self.traces.add(trace_rows)
+        if self.tr:
+            self.traces.add(trace_rows)  # queued: a background thread chains and writes them
 
         comps = [s["components"] for s in scores]
         m.update(
@@ -251,6 +256,8 @@ class GRPOTrainer:
                 log.warning("rollout-%d failed during the weight push; it is caught up before the next rollout", i)
                 ctx.rollout.mark_dead(i)
             m.update({k2: v for k2, v in push.items() if k2 != "weight_version"})
+            if do_push and self.tr:  # hashed on the learner while the next batch samples
+                self.tr.note_weights(self.weight_version, ctx.learners.weights_sha256())
         m.update(timings)
         m["time_step"] = time.perf_counter() - t_step
         m["weight_version"] = self.weight_version
@@ -327,7 +334,8 @@ class GRPOTrainer:
         res = evaluate_records(ctx.rollout.workers, records, tokenizer=ctx.tokenizer,
                                max_new_tokens=c.eval.max_new_tokens, prompt_style=c.eval.prompt_style,
                                weight_version=self.weight_version, step=self.step, model=str(c.model.path),
-                               run=self.out.name, trace_writer=self.eval_traces, progress=c.logging.progress)
+                               run=self.out.name, trace_writer=self.eval_traces, progress=c.logging.progress,
+                               weights_sha256=self.tr.weights_sha256(self.weight_version) if self.tr else "")
         brief = {k: res[k] for k in ("overall", "by_modality", "by_question_type", "format_rate", "unparsable", "n")
                  if k in res}
         evals_path = self.out / "evals.jsonl"
@@ -342,6 +350,8 @@ class GRPOTrainer:
         cursor = self._inflight[0].cursor_before if self._inflight else self.cursor.to_dict()
         state = {"step": self.step, "weight_version": self.weight_version, "cursor": cursor,
                  "python_random": repr(random.getstate()), "config": str(self.cfg.trainer.output_dir)}
+        if self.tr:  # sealed with the checkpoint: the rows it was trained on up to here
+            state["trace_heads"] = self.tr.record_in_checkpoint(directory)
         self._guard_learner_call(f"saving {directory}",
                                  lambda: self.ctx.learners.call_all("save_checkpoint", str(directory), state)[0])
         self.last_checkpoint = str(directory)

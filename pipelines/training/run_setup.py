@@ -138,6 +138,7 @@ class RunContext:
     placement_groups: dict = field(default_factory=dict)
     colocation: Any = None  # actors.rollout.Colocation when cluster.colocate
     _payloads: dict = field(default_factory=dict)
+    _image_hashes: dict = field(default_factory=dict)  # id(payload image bytes) -> SHA-256; payloads are kept
 
     def prompt_payload(self, record) -> dict:
         """The rollout request for a record: chat-templated prompt text and PNG bytes."""
@@ -153,17 +154,27 @@ class RunContext:
         return score_sharded(self.reward_workers, texts, answers)
 
     def trace_row(self, record, comp: dict, score: dict, *, step: int, version: int, worker: int,
-                  sample_index: int, advantage: float) -> dict:
+                  sample_index: int, advantage: float, weights_sha256: str = "", sampling: dict | None = None) -> dict:
         """The trace row of one scored training completion (the reward components give its flags)."""
         comps = score["components"]
         acc = comps.get("accuracy_strict", comps.get("accuracy"))
         fmt = next((comps[k] for k in ("format", "format_nothink", "format_think_after", "format_strict",
                                        "format_strict_nothink") if k in comps), None)
+        image = self.prompt_payload(record)["image"]
+        sampling = dict(sampling or {})
         return trace_row(record, comp, kind="train", run=Path(self.cfg.trainer.output_dir).name,
                          model=self.model_path, step=step, weight_version=version, worker=worker,
-                         image_sha256=_sha256(self.prompt_payload(record)["image"]), sample_index=sample_index,
+                         image_sha256=self._image_sha256(image), sample_index=sample_index,
                          correct=bool(acc), format_ok=bool(fmt), reward=score["total"], reward_components=comps,
-                         advantage=advantage)
+                         advantage=advantage, weights_sha256=weights_sha256, seed=sampling.pop("seed", -1),
+                         sampling=sampling, image_png=image)
+
+    def _image_sha256(self, image: bytes) -> str:
+        # The same payload bytes come back G times a step: hash each image once per run.
+        key = id(image)
+        if key not in self._image_hashes:
+            self._image_hashes[key] = _sha256(image)
+        return self._image_hashes[key]
 
     def shutdown(self) -> None:
         try:

@@ -1,0 +1,72 @@
+"""A training run's trace writers (train and eval chains in ``OUT/traces``) and what they cite
+that the loop knows: the SHA-256 of each weight version, the sampling of each step, the heads
+recorded in each checkpoint and at the end of the run."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import ray
+
+from pipelines.traces import TraceWriter
+from pipelines.tracing.chain import combined_head
+from pipelines.tracing.provenance import config_sha256
+
+HEADS_FILE = "trace/HEADS.json"  # inside a checkpoint, sealed with it by learner/checkpoint_manifest.py
+
+
+def checkpoint_heads(checkpoint: str | Path) -> dict[str, str]:
+    """The chain heads a checkpoint recorded ({} for one saved without traces)."""
+    p = Path(checkpoint) / HEADS_FILE
+    return json.loads(p.read_text())["heads"] if p.is_file() else {}
+
+
+class RunTraces:
+    def __init__(self, cfg, out: Path, resumed_from: Optional[str] = None):
+        lg, data = cfg.logging, cfg.data
+        heads = checkpoint_heads(resumed_from) if resumed_from else {}
+        common = dict(run=out.name, images_max_mb=lg.trace_images_max_mb,
+                      signing_key=lg.trace_signing_key or None)
+        cfg_hash = config_sha256(cfg)
+
+        def writer(kind: str, split: str) -> TraceWriter:
+            # A chain new to this directory continues the checkpoint's (a resume into another output_dir).
+            cont = {"head": heads[kind], "checkpoint": str(resumed_from)} if kind in heads else None
+            prov = {"config_sha256": cfg_hash, "dataset": f"{data.prepared_dir}:{split}"}
+            return TraceWriter(out / "traces", kind=kind, provenance=prov, continue_from=cont, **common)
+
+        self.train = writer("train", data.train_split)
+        self.eval = writer("eval", data.test_split)
+        self._weights: dict[int, Any] = {}  # version -> hex, or the learner's pending ObjectRef
+
+    def note_weights(self, version: int, ref) -> None:
+        """The SHA-256 of ``version`` (an ObjectRef: resolved when a row first needs it, after the rollout)."""
+        self._weights[version] = ref
+
+    def weights_sha256(self, version: int) -> str:
+        v = self._weights.get(version, "")
+        if isinstance(v, ray.ObjectRef):
+            v = self._weights[version] = ray.get(v) or ""
+        return v
+
+    def heads(self) -> dict[str, str]:
+        self.train.flush()
+        self.eval.flush()
+        return self.train.heads()
+
+    def record_in_checkpoint(self, directory: Path) -> dict[str, str]:
+        """Flush, and write the heads into the checkpoint before the learner seals it."""
+        heads = self.heads()
+        p = Path(directory) / HEADS_FILE
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps({"heads": heads, "head": combined_head(heads), "run_id": self.train.run_id},
+                                indent=1) + "\n")
+        return heads
+
+    def close(self) -> dict[str, Any]:
+        """Close both writers; the summary's trace fields."""
+        heads = self.heads()
+        self.train.close()
+        self.eval.close()
+        return {"trace_heads": heads, "trace_head": combined_head(heads), "trace_run_id": self.train.run_id}
