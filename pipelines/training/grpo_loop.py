@@ -37,7 +37,7 @@ from pipelines.evaluation.accuracy import FORMAT_REWARD
 from pipelines.evaluation.evaluate import evaluate_records, select_records
 from pipelines.training.checkpoints import latest_valid, prune
 from pipelines.training.dynamic_sampling import fill_live_groups
-from pipelines.training.metrics import MetricsLog, plot_reward_curve, read_metrics, timer
+from pipelines.training.metrics import MetricsLog, plot_run_curve, read_metrics, timer
 from pipelines.training.overlong import add_overlong_penalty, is_truncated
 from pipelines.training.run_setup import RunContext, start_run
 from pipelines.training.trackers import open_trackers
@@ -137,7 +137,7 @@ class GRPOTrainer:
         summary["minutes"] = (time.perf_counter() - t_start) / 60
         summary["weight_version"] = self.weight_version
         summary["rollout_restarts"] = ctx.rollout.restarts
-        curve = self._plot()
+        curve = plot_run_curve(self.out)
         summary["reward_curve"] = str(curve)
         if self.tr:  # the chains' final heads, to record elsewhere too (`medr1 trace verify --head`)
             summary.update(self.tr.close())
@@ -370,15 +370,6 @@ class GRPOTrainer:
         self.ctx.weight_sync.push(self.ctx.learners, self.ctx.rollout.workers, self.weight_version)
         self.last_checkpoint = str(path)
         log.info("resumed from %s at step %d (weight version %d)", path, self.step, self.weight_version)
-
-    def _plot(self) -> Optional[Path]:
-        evals = {}
-        p = self.out / "evals.jsonl"
-        if p.is_file():
-            for line in p.read_text().splitlines():
-                e = json.loads(line)
-                evals[e["step"]] = e["overall"]["accuracy"]
-        return plot_reward_curve(self.out / "metrics.jsonl", self.out / "reward_curve.png", evals)
 
     def shutdown(self) -> None:
         if self.ctx is not None:

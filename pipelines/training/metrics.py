@@ -79,6 +79,12 @@ def read_metrics(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
 
 
+def plot_run_curve(run_dir: Path) -> Optional[Path]:
+    """A run's reward curve (``reward_curve.png``) with its held-out accuracy points from ``evals.jsonl``."""
+    evals = {e["step"]: e["overall"]["accuracy"] for e in read_metrics(run_dir / "evals.jsonl")}
+    return plot_reward_curve(run_dir / "metrics.jsonl", run_dir / "reward_curve.png", evals)
+
+
 def plot_reward_curve(metrics_path: str | Path, out_png: str | Path, evals: Optional[dict] = None) -> Optional[Path]:
     """Reward, accuracy and format rate per step (and held-out accuracy points if given)."""
     rows = [r for r in read_metrics(metrics_path) if "reward_mean" in r]
