@@ -40,6 +40,17 @@ def test_resume_reaches_the_same_weights(tmp_path, ray_session):
     steps = [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
     assert steps == [2]
 
+    # The trace chain carries on across the resume: the resumed store starts at the head the step-1
+    # checkpoint sealed, and verifies against the head its run recorded.
+    from pipelines.tracing.verify import verify_store
+    from pipelines.training.run_traces import checkpoint_heads
+
+    sealed = checkpoint_heads(full / "checkpoints" / "step_1")
+    manifest = json.loads((resumed / "traces" / "MANIFEST.json").read_text())
+    assert manifest["chains"]["train"]["genesis"] == sealed["train"]
+    v = verify_store(resumed / "traces", heads=(json.loads((resumed / "summary.json").read_text())["trace_head"],))
+    assert v.ok, v.problems
+
     a = load_file(str(full / "checkpoints" / "final" / "hf" / "model.safetensors"))
     b = load_file(str(resumed / "checkpoints" / "final" / "hf" / "model.safetensors"))
     assert a.keys() == b.keys()
