@@ -35,8 +35,9 @@ def test_smoke_run(tmp_path, ray_session, push):
     for r in rows:
         assert math.isfinite(r["loss"]) and math.isfinite(r["kl"])
         for key in ("reward_mean", "accuracy", "format_rate", "time_rollout", "time_reward", "time_learner",
-                    "time_push", "rollout_tokens_per_s", "dead_group_fraction", "clip_fraction"):
+                    "time_push", "time_driver", "rollout_tokens_per_s", "dead_group_fraction", "clip_fraction"):
             assert key in r, key
+        assert 0 <= r["time_driver"] < r["time_step"]
 
     train = read_traces(out / "traces", "train").to_pylist()
     G, B = cfg.rollout.group_size, cfg.trainer.prompts_per_step

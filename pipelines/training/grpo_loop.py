@@ -260,6 +260,8 @@ class GRPOTrainer:
                 self.tr.note_weights(self.weight_version, ctx.learners.weights_sha256())
         m.update(timings)
         m["time_step"] = time.perf_counter() - t_step
+        # What the driver spends outside every phase (batching, advantages, traces): it should stay small.
+        m["time_driver"] = m["time_step"] - sum(timings.values())
         m["weight_version"] = self.weight_version
         return m
 
