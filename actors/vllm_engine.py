@@ -23,9 +23,11 @@ WORKER_EXTENSION = "actors.vllm_worker_ext.MedR1WorkerExtension"
 TRANSFER_ENGINES = {"object_store": "medr1_stream", "gloo": "medr1_gloo", "nccl": "nccl", "ipc": "ipc"}
 
 # vLLM loggers that repeat the same lines on every weight push (which layers had nothing to
-# reload, how long the reload took, the prefix cache reset): each line is shown the first time only.
+# reload, how long the reload took, the prefix cache reset) or every image (on CPU: "doesn't allow
+# to use torch.set_num_threads after the thread binding"): each line is shown the first time only.
 _PER_PUSH_LOGGERS = ("vllm.model_executor.model_loader.reload.layerwise",
-                     "vllm.model_executor.model_loader.reload.inplace", "vllm.v1.core.block_pool")
+                     "vllm.model_executor.model_loader.reload.inplace", "vllm.v1.core.block_pool",
+                     "vllm.v1.worker.cpu_worker")
 
 
 class _FirstTimeOnly(logging.Filter):
