@@ -30,12 +30,13 @@ from learner import checkpoint_manifest
 from learner.grpo import compute_advantages, dead_group_mask
 from learner.policy import vision_token_ids
 from learner.samples import TrainSample
+from pipelines.config import to_dict
 from pipelines.data.cursor import DataCursor
 from pipelines.errors import RunStopped, UserError
 from pipelines.evaluation.accuracy import FORMAT_REWARD
 from pipelines.evaluation.evaluate import evaluate_records, select_records
 from pipelines.traces import TraceWriter
-from pipelines.training.checkpoints import latest_valid, prune
+from pipelines.training.checkpoints import latest_valid, prune, refuse_other_settings, run_settings, tidy
 from pipelines.training.metrics import MetricsLog, plot_reward_curve, timer
 from pipelines.training.run_setup import RunContext, start_run
 from rewards import get_reward
@@ -79,8 +80,11 @@ class GRPOTrainer:
     def setup(self) -> None:
         self.resume_from = self.cfg.trainer.resume_from
         if self.resume_from == "auto":
+            tidy(self.out)
             found = latest_valid(self.out)
             self.resume_from = str(found) if found else None
+            if found:  # continuing by default is safe only for the same run: other settings are refused
+                refuse_other_settings(found, run_settings(to_dict(self.cfg)))
             log.info("resume_from=auto: %s", f"continuing from {found}" if found else "no checkpoint; starting fresh")
         elif self.resume_from:
             try:  # before anything starts: a partial or corrupted checkpoint is refused, naming the file
@@ -300,7 +304,9 @@ class GRPOTrainer:
         # Batches already sampling (async mode) are not trained yet: the checkpoint's cursor points before them.
         cursor = self._inflight[0].cursor_before if self._inflight else self.cursor.to_dict()
         state = {"step": self.step, "weight_version": self.weight_version, "cursor": cursor,
-                 "python_random": repr(random.getstate()), "config": str(self.cfg.trainer.output_dir)}
+                 "python_random": repr(random.getstate()), "config": str(self.cfg.trainer.output_dir),
+                 "settings": run_settings(to_dict(self.cfg))}
+        tidy(self.out)
         self._guard_learner_call(f"saving {directory}",
                                  lambda: self.ctx.learners.call_all("save_checkpoint", str(directory), state)[0])
         self.last_checkpoint = str(directory)
