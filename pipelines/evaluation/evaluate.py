@@ -32,6 +32,7 @@ from pipelines.errors import UserError
 from pipelines.evaluation.accuracy import score_completion, summarize, worst_examples
 from pipelines.evaluation.report import plot_accuracy_bars, print_eval_table
 from pipelines.launch import connect_ray, start_eval_workers
+from pipelines.models.checks import refuse_unsafe_model
 from pipelines.models.tiny import is_model_dir
 from pipelines.prompts import chat_prompt
 from pipelines.traces import TraceWriter, trace_row
@@ -40,10 +41,11 @@ log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- pieces
-def check_model_dir(model: str | os.PathLike) -> str:
+def check_model_dir(model: str | os.PathLike, trust_remote_code: bool = False) -> str:
     p = Path(model)
     if not p.exists():
         raise UserError(f"model directory not found: {p}")
+    refuse_unsafe_model(p, trust_remote_code)
     if not is_model_dir(p):
         raise UserError(f"{p} is not an HF model directory (needs config.json and *.safetensors); "
                         f"for a training run, point at <run>/checkpoints/final/hf")
@@ -123,7 +125,7 @@ def evaluate_model(model: str, data: str, *, split: str = "test", out: Optional[
     or stopped here); otherwise R actors are started on the current Ray (started locally,
     or joined at ``cluster.address``, if needed) and killed at the end."""
     cfg = cfg if cfg is not None else load_config(None)
-    model = check_model_dir(model)
+    model = check_model_dir(model, cfg.model.trust_remote_code)
     records = load_prepared(data, split)
     records = select_records(records, max_samples if max_samples is not None else cfg.eval.max_samples,
                              modalities, question_types)

@@ -26,6 +26,7 @@ from pipelines.data.store import load_prepared
 from pipelines.data.synthetic import prepare_synthetic
 from pipelines.errors import UserError
 from pipelines.launch import REWARD_WORKER_CPUS, connect_ray, engine_kwargs, resource_plan, rollout_env
+from pipelines.models.checks import refuse_unsafe_model
 from pipelines.models.tiny import build_tiny_model, is_model_dir
 from pipelines.prompts import chat_prompt
 from pipelines.traces import trace_row
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 def ensure_model(cfg) -> str:
     path = Path(cfg.model.path)
+    refuse_unsafe_model(path, cfg.model.trust_remote_code)
     if is_model_dir(path):
         return str(path)
     if cfg.model.build_tiny_if_missing:
