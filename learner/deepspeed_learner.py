@@ -42,6 +42,7 @@ import torch.distributed as dist
 
 from learner import checkpoint_atomic, checkpoint_manifest
 from learner.ds_config import build_ds_config, build_scheduler
+from learner.ds_safe_load import use_weights_only_loads
 from learner.grpo import grpo_loss
 from learner.image_codec import decode_image
 from learner.policy import (
@@ -111,6 +112,7 @@ class GRPOLearner:
             lr_scheduler=lambda opt: build_scheduler(opt, learner_cfg.lr_scheduler, opt_steps,
                                                      float(learner_cfg.warmup_ratio)),
             model_parameters=None if client_opt else [p for p in model.parameters() if p.requires_grad])
+        use_weights_only_loads(self.engine)  # a resumed state file never runs pickled code
         self.device = self.engine.device
         self.compute_dtype = torch.bfloat16 if learner_cfg.bf16 else resolve_dtype(dtype)
         self.ds_config = ds_config

@@ -130,3 +130,29 @@ def test_real_disk_full_on_a_small_tmpfs(learner, tmp_path):
         assert latest_valid(run).name == "step_1"
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+class _RunsCode:
+    """What a hostile state file holds: unpickling it calls a function (here: creates a file)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_state_file_that_would_run_code_is_refused(learner, tmp_path):
+    from learner.checkpoint_manifest import seal
+    from learner.ds_safe_load import UnsafeCheckpointError
+
+    ckpt = tmp_path / "ckpt"
+    learner.save_checkpoint(str(ckpt), {"step": 1})
+    states = next((ckpt / "deepspeed").rglob("mp_rank_00_model_states.pt"))
+    marker = tmp_path / "pwned"
+    real_save = torch.save
+    real_save({"module": _RunsCode(marker)}, states)
+    seal(ckpt)  # whoever can write the files can rewrite the manifest too: the hashes match
+    with pytest.raises(UnsafeCheckpointError, match=f"{states}: refused"):
+        learner.load_checkpoint(str(ckpt))
+    assert not marker.exists(), "the pickled call ran"
