@@ -218,6 +218,7 @@ class GRPOTrainer:
             rollout_tokens_per_s=outcome.tokens / max(outcome.seconds, 1e-9),
             rollout_reissued=outcome.reissued,
             rollout_restarts=ctx.rollout.restarts,
+            reward_rescored=ctx.reward_stats.get("reward_rescored", 0),  # over the run
             queue_depth=queue_depth,
             weight_version_lag=self._staleness([sp.version for sp in kept]),
             **{f"reward_{name}": _mean([x[name] for x in comps]) for name in (comps[0] if comps else {})},
@@ -290,8 +291,10 @@ class GRPOTrainer:
         res = evaluate_records(ctx.rollout.workers, records, tokenizer=ctx.tokenizer,
                                max_new_tokens=c.eval.max_new_tokens, prompt_style=c.eval.prompt_style,
                                weight_version=self.weight_version, step=self.step, model=str(c.model.path),
-                               run=self.out.name, trace_writer=self.eval_traces, progress=c.logging.progress)
-        brief = {k: res[k] for k in ("overall", "by_modality", "by_question_type", "format_rate", "unparsable", "n")
+                               run=self.out.name, trace_writer=self.eval_traces, progress=c.logging.progress,
+                               pool=ctx.rollout)  # a rollout actor dying mid-evaluation: its prompts re-issued
+        brief = {k: res[k] for k in ("overall", "by_modality", "by_question_type", "format_rate", "unparsable", "n",
+                                     "reissued")
                  if k in res}
         evals_path = self.out / "evals.jsonl"
         with evals_path.open("a") as f:

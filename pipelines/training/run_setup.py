@@ -14,7 +14,7 @@ import ray
 from transformers import AutoTokenizer
 
 from actors.learner import LearnerGroup
-from actors.reward import RewardActor, score_sharded
+from actors.reward import REWARD_MAX_RESTARTS, RewardActor, score_sharded
 from actors.rollout import Colocation, RolloutPool, create_rollout_workers, wait_ready
 from actors.weight_sync import make_weight_sync
 from cluster.connect import is_local
@@ -140,6 +140,7 @@ class RunContext:
     placement_groups: dict = field(default_factory=dict)
     colocation: Any = None  # actors.rollout.Colocation when cluster.colocate
     _payloads: dict = field(default_factory=dict)
+    reward_stats: dict = field(default_factory=dict)  # reward_rescored: completions scored again after a death
 
     def prompt_payload(self, record) -> dict:
         """The rollout request for a record: chat-templated prompt text and PNG bytes."""
@@ -152,7 +153,7 @@ class RunContext:
         return p
 
     def score(self, texts: list[str], answers: list[str]) -> list[dict]:
-        return score_sharded(self.reward_workers, texts, answers)
+        return score_sharded(self.reward_workers, texts, answers, stats=self.reward_stats)
 
     def trace_row(self, record, comp: dict, score: dict, *, step: int, version: int, worker: int,
                   sample_index: int, advantage: float) -> dict:
@@ -199,7 +200,8 @@ def start_run(cfg) -> RunContext:
         R, engine_kwargs(cfg, model_path), num_cpus=ro.num_cpus, num_gpus=ro.num_gpus,
         custom_resources=dict(ro.custom), env_vars=[rollout_env(cfg, i) for i in range(R)],
         placement_group=pgs["rollout"], bundle_indices=list(range(R)), max_restarts=3)
-    reward_workers = [RewardActor.options(name=f"reward-{i}", num_cpus=REWARD_WORKER_CPUS)
+    reward_workers = [RewardActor.options(name=f"reward-{i}", num_cpus=REWARD_WORKER_CPUS,
+                                          max_restarts=REWARD_MAX_RESTARTS)
                       .remote(dict(cfg.reward.functions)) for i in range(cfg.reward.num_workers)]
     if cfg.cluster.colocate:
         # The engines size their memory when they start: they must be up and asleep before the
