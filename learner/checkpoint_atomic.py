@@ -1,8 +1,8 @@
 """A checkpoint appears whole or not at all.
 
-A save writes into a staging sibling ``<name>.tmp-<token>``, syncs and seals it (its
+A save writes into a staging sibling ``<name>.tmp-<stamp>``, syncs and seals it (its
 ``MANIFEST.json`` written last), then renames it to ``<name>``. An existing ``<name>`` is
-first renamed to ``<name>.old-<token>`` and deleted only after the new one is in place, so
+first renamed to ``<name>.old-<stamp>`` and deleted only after the new one is in place, so
 at every instant the directory holds a complete checkpoint under its name, or none and a
 sealed leftover that ``recover`` puts back. A crash or a full disk mid-save leaves only a
 staging leftover, which no reader mistakes for a checkpoint (its name is not ``step_N`` or
@@ -26,16 +26,16 @@ class CheckpointWriteError(OSError):
     """A save that failed (disk full, permissions, ...); the previous checkpoints are untouched."""
 
 
-def staging_dir(target: str | Path, token: str) -> Path:
+def staging_dir(target: str | Path, stamp: str) -> Path:
     target = Path(target)
-    return target.with_name(f"{target.name}{STAGING}{token}")
+    return target.with_name(f"{target.name}{STAGING}{stamp}")
 
 
 def leftover_of(path: Path) -> str | None:
     """The checkpoint name a staging or retired leftover belongs to; None for anything else."""
     for marker in (STAGING, RETIRED):
-        name, sep, token = path.name.rpartition(marker)
-        if sep and name and token:
+        name, sep, stamp = path.name.rpartition(marker)
+        if sep and name and stamp:
             return name
     return None
 

@@ -295,15 +295,15 @@ class GRPOLearner:
 
     def _staging(self, d: Path) -> Path:
         """Rank 0 clears what crashed saves of ``d`` left and makes the staging directory every rank writes to."""
-        token = [None]
+        stamp = [None]
         if self.rank == 0:
             d.parent.mkdir(parents=True, exist_ok=True)
             checkpoint_atomic.recover(d.parent, d.name)
-            token[0] = str(os.getpid())
-            checkpoint_atomic.staging_dir(d, token[0]).mkdir()
+            stamp[0] = str(os.getpid())
+            checkpoint_atomic.staging_dir(d, stamp[0]).mkdir()
         if self.world_size > 1:  # also a barrier: no rank writes before the directory exists
-            dist.broadcast_object_list(token, src=0, group=self._cpu_group)
-        return checkpoint_atomic.staging_dir(d, token[0])
+            dist.broadcast_object_list(stamp, src=0, group=self._cpu_group)
+        return checkpoint_atomic.staging_dir(d, stamp[0])
 
     def load_checkpoint(self, directory: str, verify: bool = True) -> dict:
         """Restore weights, optimizer and scheduler from ``dir/deepspeed``; returns the saved client_state.
