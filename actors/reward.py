@@ -1,12 +1,25 @@
-"""Ray actor applying the configured reward functions to a batch of completions."""
+"""Ray actor applying the configured reward functions to a batch of completions.
+
+Scoring is pure (the same texts give the same scores), so a reward actor that dies
+mid-batch costs nothing but time: Ray restarts it (``max_restarts``) and its shard is
+scored again, on the restarted actor or, failing that, on another one."""
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import asdict
 
 import ray
+from ray.exceptions import ActorUnavailableError, RayActorError
 
 from actors.sharding import contiguous_shards
+from cluster.ray_utils import describe_failure
 from rewards import combined_scores, get_reward
+
+log = logging.getLogger(__name__)
+
+REWARD_MAX_RESTARTS = 3
+_ACTOR_FAILURES = (RayActorError, ActorUnavailableError)  # the actor died: not a bug in a reward
 
 
 class RewardWorker:
@@ -23,8 +36,31 @@ class RewardWorker:
 RewardActor = ray.remote(RewardWorker)
 
 
-def score_sharded(workers: list, completions: list[str], answers: list[str]) -> list[dict]:
-    """Split a batch evenly over the reward actors and keep the order."""
-    refs = [w.score.remote(completions[a:b], answers[a:b])
-            for w, (a, b) in zip(workers, contiguous_shards(len(completions), len(workers)))]
-    return [s for part in ray.get(refs) for s in part]
+def score_sharded(workers: list, completions: list[str], answers: list[str], *, max_rescores: int = 3,
+                  stats: dict | None = None) -> list[dict]:
+    """Split a batch evenly over the reward actors and keep the order. A shard whose actor dies is
+    scored again (on the next actor; on the same one, restarted by Ray, when it is the only one), up
+    to ``max_rescores`` times; ``stats["reward_rescored"]`` counts the completions sent again."""
+    shards = list(zip(range(len(workers)), contiguous_shards(len(completions), len(workers))))
+    refs = {k: workers[k].score.remote(completions[a:b], answers[a:b]) for k, (a, b) in shards}
+    parts = []
+    for k, (a, b) in shards:
+        for attempt in range(max_rescores + 1):
+            try:
+                parts.append(ray.get(refs[k]))
+                break
+            except _ACTOR_FAILURES as e:
+                if attempt == max_rescores:
+                    raise RuntimeError(f"reward-{k}: scoring completions {a}..{b - 1} failed {attempt + 1} times; "
+                                       f"last: {describe_failure(e)}") from e
+                # Another (live) actor first; the dead one only after the others, or alone, once Ray has
+                # restarted it (a call to an actor being restarted fails at once: give it time).
+                target = (k + 1 + attempt) % len(workers)
+                if target == k:
+                    time.sleep(min(2.0 ** attempt, 10.0))
+                log.warning("reward-%d died while scoring (%s); scoring its %d completions again on reward-%d",
+                            k, type(e).__name__, b - a, target)
+                refs[k] = workers[target].score.remote(completions[a:b], answers[a:b])
+                if stats is not None:
+                    stats["reward_rescored"] = stats.get("reward_rescored", 0) + (b - a)
+    return [s for part in parts for s in part]

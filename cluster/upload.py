@@ -11,6 +11,7 @@ from typing import Any, Optional
 from ray._private.runtime_env.packaging import _dir_travel, _get_excludes, get_excludes_from_ignore_files
 
 from cluster.errors import JobsError
+from cluster.secret_files import find_secrets
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ CPU_ENV_VARS = {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_ENABLE_V1_MULTIPROCES
 GPU_ENV_VARS = {"NCCL_DEBUG": "WARN"}
 
 
+NEVER_UPLOADED_ENV = ("RAY_AUTH_TOKEN",)
 # Passed through from the submitting shell when set (never the auth token: the head has its own).
 PASSTHROUGH_ENV = ("HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "VLLM_CPU_OMP_THREADS_BIND")
 
@@ -89,11 +91,26 @@ def upload_size(working_dir: str | Path, excludes: list[str], top: int = 8) -> U
     return UploadSize(total, len(files), big_dirs + big_files)
 
 
+def check_no_secrets(working_dir: str | Path, excludes: list[str]) -> None:
+    """Refuse to upload files that look like secrets (keys, tokens, credentials), naming each."""
+    root = Path(working_dir).resolve()
+    found = find_secrets(root, [p for p, _ in _walk_kept(root, list(excludes))])
+    if found:
+        lines = "\n".join(f"    {rel}  ({why})" for rel, why in found[:20])
+        more = f"\n    ... and {len(found) - 20} more" if len(found) > 20 else ""
+        raise JobsError(f"the working dir {root} holds {len(found)} file(s) that look like secrets; a job's upload "
+                        f"is readable by anyone who can reach the cluster:\n{lines}{more}\n"
+                        "Move them out, leave them out with --exclude PATTERN (or a .rayignore), or upload them "
+                        "anyway with --allow-secrets.")
+
+
 def check_working_dir(working_dir: str | Path, excludes: list[str],
-                      max_mib: float = DEFAULT_MAX_UPLOAD_MIB) -> UploadSize:
+                      max_mib: float = DEFAULT_MAX_UPLOAD_MIB, allow_secrets: bool = False) -> UploadSize:
     root = Path(working_dir)
     if not root.is_dir():
         raise JobsError(f"working dir '{working_dir}' is not a directory")
+    if not allow_secrets:
+        check_no_secrets(root, excludes)
     size = upload_size(root, excludes)
     if size.mib > max_mib:
         lines = "\n".join(f"    {s / 2**20:9.1f} MiB  {name}" for name, s in size.biggest)
@@ -113,6 +130,11 @@ def build_runtime_env(working_dir: str | Path, *, gpu: bool = False, install: bo
     for k in PASSTHROUGH_ENV:
         if os.environ.get(k):
             env[k] = os.environ[k]
+    # A job's runtime env is stored in the cluster and shown on the dashboard's job page.
+    leaked = sorted(k for k in (env_vars or {}) if k in NEVER_UPLOADED_ENV)
+    if leaked:
+        raise JobsError(f"--env {', '.join(leaked)}: not sent with a job (its runtime env is shown on the dashboard); "
+                        "the cluster has its own token")
     env.update(env_vars or {})
     env.pop("PYTHONPATH", None)  # Ray puts the working dir on the path; a PYTHONPATH here conflicts with ray.init
     rt: dict[str, Any] = {"working_dir": str(root), "excludes": list(excludes or DEFAULT_EXCLUDES), "env_vars": env}

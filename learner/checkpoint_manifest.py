@@ -44,19 +44,18 @@ def is_sealed(directory: str | Path) -> bool:
     return (Path(directory) / MANIFEST).is_file()
 
 
-def unseal(directory: str | Path) -> None:
-    """Before (re)writing a checkpoint in place: without a manifest, a half-overwritten one is never trusted."""
-    (Path(directory) / MANIFEST).unlink(missing_ok=True)
-
-
 def seal(directory: str | Path, parts: tuple[str, ...] = ("hf", "deepspeed", "trace")) -> dict:
     """Write the manifest of ``parts`` (sub-directories of ``directory``; absent ones hold nothing), after
-    syncing their files. ``trace/`` holds the trace store's heads at the save (the driver writes it first)."""
+    syncing their files. ``trace/`` holds the trace store's heads at the save."""
     d = Path(directory)
     files = {}
     for p in _files(d, parts):
         _fsync(p)
         files[p.relative_to(d).as_posix()] = {"sha256": _sha256(p), "bytes": p.stat().st_size}
+    # The directory entries too: a synced file whose name was never synced can vanish on power loss.
+    for sub in sorted({q for part in parts if (d / part).is_dir()
+                       for q in [d / part, *(x for x in (d / part).rglob("*") if x.is_dir())]}):
+        _fsync(sub)
     manifest = {"format": 1, "files": files}
     tmp = d / f".{MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))

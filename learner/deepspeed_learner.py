@@ -31,18 +31,18 @@ from __future__ import annotations
 
 import json
 import logging
-import math
+import os
 import time
-import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import deepspeed
 import torch
 import torch.distributed as dist
-from transformers import get_scheduler
 
-from learner import checkpoint_manifest
+from learner import checkpoint_atomic, checkpoint_manifest
+from learner.ds_config import build_ds_config, build_scheduler
+from learner.ds_safe_load import use_weights_only_loads
 from learner.grpo import grpo_loss
 from learner.image_codec import decode_image
 from learner.policy import (
@@ -60,59 +60,7 @@ from learner.weights_digest import weights_digest
 log = logging.getLogger(__name__)
 
 _DS_TAG = "state"
-
-
-# Our schedule names -> transformers' (ours warm up whichever schedule follows, "constant" included).
-_SCHEDULERS = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}
-
-
-def build_scheduler(optimizer, schedule: str, total_steps: int, warmup_ratio: float):
-    """transformers' LR schedule over ``total_steps`` optimizer steps, warming up for ``warmup_ratio`` of them.
-
-    Our warm-up never trains at lr 0: optimizer step s (from 0) warms up at (s + 1) / (warmup + 1).
-    transformers' warm-up starts at 0, so its schedule runs one step ahead over one step more
-    (warmup + 1 warm-up steps of total + 1): the same curve, step for step."""
-    total = max(int(total_steps), 1)
-    warmup = int(math.ceil(warmup_ratio * total)) if warmup_ratio > 0 else 0
-    sched = get_scheduler(_SCHEDULERS[str(schedule)], optimizer, num_warmup_steps=warmup + 1,
-                          num_training_steps=total + 1)
-    with warnings.catch_warnings():  # "step() before optimizer.step()": this step only moves the schedule
-        warnings.simplefilter("ignore")
-        sched.step()
-    return sched
-
-
-def build_ds_config(learner_cfg, *, world_size: int, samples_per_step_per_rank: int,
-                    client_optimizer: bool) -> dict:
-    mb = int(learner_cfg.micro_batch_size)
-    gas = max(1, math.ceil(samples_per_step_per_rank / mb))
-    stage = int(learner_cfg.zero_stage)
-    zero: dict[str, Any] = {"stage": stage}
-    if stage in (1, 2):
-        zero.update({"contiguous_gradients": True, "overlap_comm": False, "reduce_scatter": True})
-    if stage == 3:
-        zero.update({"contiguous_gradients": True, "overlap_comm": False,
-                     "stage3_gather_16bit_weights_on_model_save": False})
-    if learner_cfg.offload_optimizer:
-        if stage == 0:
-            raise ValueError("offload_optimizer needs zero_stage >= 1")
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
-    cfg: dict[str, Any] = {
-        "train_micro_batch_size_per_gpu": mb,
-        "gradient_accumulation_steps": gas,
-        "train_batch_size": mb * gas * world_size,
-        "gradient_clipping": float(learner_cfg.grad_clip),
-        "zero_optimization": zero,
-        "bf16": {"enabled": bool(learner_cfg.bf16)},
-        "zero_allow_untested_optimizer": True,
-        "steps_per_print": 1 << 30,
-        "wall_clock_breakdown": False,
-    }
-    if not client_optimizer:
-        cfg["optimizer"] = {"type": "AdamW", "params": {
-            "lr": float(learner_cfg.lr), "betas": [float(b) for b in learner_cfg.adam_betas],
-            "eps": 1e-8, "weight_decay": float(learner_cfg.weight_decay)}}
-    return cfg
+CLIENT_STATE = "medr1_state.json"  # the client state again, as JSON
 
 
 class GRPOLearner:
@@ -165,6 +113,7 @@ class GRPOLearner:
             lr_scheduler=lambda opt: build_scheduler(opt, learner_cfg.lr_scheduler, opt_steps,
                                                      float(learner_cfg.warmup_ratio)),
             model_parameters=None if client_opt else [p for p in model.parameters() if p.requires_grad])
+        use_weights_only_loads(self.engine)  # a resumed state file never runs pickled code
         self.device = self.engine.device
         self.compute_dtype = torch.bfloat16 if learner_cfg.bf16 else resolve_dtype(dtype)
         self.ds_config = ds_config
@@ -317,30 +266,54 @@ class GRPOLearner:
         """``learner/weights_digest.py`` of the weights a push sends, on rank 0 (None elsewhere). All ranks call."""
         return weights_digest((ck, t) for _, ck, t in self._gathered_params())
 
-    def save_checkpoint(self, directory: str, client_state: Optional[dict] = None) -> str:
-        """``dir/hf`` (safetensors + config + processor, rank 0) and ``dir/deepspeed`` (engine state). Collective."""
+    def save_checkpoint(self, directory: str, client_state: Optional[dict] = None,
+                        files: Optional[dict[str, str]] = None) -> str:
+        """``dir/hf`` (safetensors + config + processor, rank 0) and ``dir/deepspeed`` (engine state). Collective.
+        ``files``: small text files (relative path -> text) sealed with it, e.g. the trace heads.
+
+        Written into a staging sibling, sealed, then renamed to ``dir`` (``learner.checkpoint_atomic``):
+        a crash or a full disk mid-save leaves the previous checkpoints as they were."""
         d = Path(directory)
-        if self.rank == 0:
-            d.mkdir(parents=True, exist_ok=True)
-            checkpoint_manifest.unseal(d)
-        sd = {name: t for name, _, t in self._gathered_params()}  # in-memory names; collective under ZeRO-3
-        if self.rank == 0:
-            hf = d / "hf"
-            # Writes model.safetensors under the checkpoint names (model.*, visual.*; a tied head left out),
-            # config.json and generation_config.json: what vLLM and from_pretrained load.
-            self.engine.module.save_pretrained(hf, state_dict=sd)
-            self.processor.save_pretrained(hf)
-        del sd
-        self.engine.save_checkpoint(str(d / "deepspeed"), tag=_DS_TAG,
-                                    client_state={"medr1_client_state": dict(client_state or {}),
-                                                  "medr1_optimizer_steps": self.optimizer_steps})
-        if self.world_size > 1:
-            dist.barrier()  # every rank's shards are written before rank 0 seals them
-        if self.rank == 0:
-            checkpoint_manifest.seal(d)
+        stage = self._staging(d)
+        try:
+            sd = {name: t for name, _, t in self._gathered_params()}  # in-memory names; collective under ZeRO-3
+            if self.rank == 0:
+                hf = stage / "hf"
+                # Writes model.safetensors under the checkpoint names (model.*, visual.*; a tied head left out),
+                # config.json and generation_config.json: what vLLM and from_pretrained load.
+                self.engine.module.save_pretrained(hf, state_dict=sd)
+                self.processor.save_pretrained(hf)
+            del sd
+            self.engine.save_checkpoint(str(stage / "deepspeed"), tag=_DS_TAG,
+                                        client_state={"medr1_client_state": dict(client_state or {}),
+                                                      "medr1_optimizer_steps": self.optimizer_steps})
+            if self.rank == 0:  # readable (and sealed) without loading the engine: what the driver checks first
+                (stage / "deepspeed" / CLIENT_STATE).write_text(json.dumps(client_state or {}, default=str))
+                for rel, text in (files or {}).items():
+                    (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+                    (stage / rel).write_text(text)
+            if self.world_size > 1:
+                dist.barrier()  # every rank's shards are written before rank 0 seals them
+            if self.rank == 0:
+                checkpoint_manifest.seal(stage)
+                checkpoint_atomic.publish(stage, d)
+        except (OSError, RuntimeError) as e:  # torch reports a full disk as a RuntimeError
+            raise checkpoint_atomic.write_failed(d, stage, e) from e
         if self.world_size > 1:
             dist.barrier()
         return str(d)
+
+    def _staging(self, d: Path) -> Path:
+        """Rank 0 clears what crashed saves of ``d`` left and makes the staging directory every rank writes to."""
+        stamp = [None]
+        if self.rank == 0:
+            d.parent.mkdir(parents=True, exist_ok=True)
+            checkpoint_atomic.recover(d.parent, d.name)
+            stamp[0] = str(os.getpid())
+            checkpoint_atomic.staging_dir(d, stamp[0]).mkdir()
+        if self.world_size > 1:  # also a barrier: no rank writes before the directory exists
+            dist.broadcast_object_list(stamp, src=0, group=self._cpu_group)
+        return checkpoint_atomic.staging_dir(d, stamp[0])
 
     def load_checkpoint(self, directory: str, verify: bool = True) -> dict:
         """Restore weights, optimizer and scheduler from ``dir/deepspeed``; returns the saved client_state.

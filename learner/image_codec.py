@@ -15,6 +15,11 @@ from typing import Any, Optional
 from PIL import Image
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# No image is decoded past this many pixels, whatever the caller asks (a 9459 x 9459 RGB image is
+# 256 MiB decoded). Checked on the header's size, before any pixel is decompressed, so a
+# decompression bomb (a few KB of PNG claiming 100k x 100k pixels) costs nothing.
+MAX_DECODE_PIXELS = 89_478_485  # PIL's own warning threshold
+MAX_IMAGE_FILE_BYTES = 256 << 20  # an image file is not read into memory past this
 _KEPT_MODES = ("L", "RGB", "RGBA", "LA")  # modes to_png keeps; anything else becomes RGB
 
 
@@ -34,24 +39,39 @@ def decode_image(image: Any, max_pixels: Optional[int] = None) -> Image.Image:
 
     With ``max_pixels``, an image of more than 64x that many pixels is refused (the
     processor resizes to max_pixels anyway; absurd inputs should not cost memory first)."""
+    cap = min(64 * max_pixels, MAX_DECODE_PIXELS) if max_pixels else MAX_DECODE_PIXELS
     try:
-        img = image if isinstance(image, Image.Image) else Image.open(io.BytesIO(image))
+        img = image if isinstance(image, Image.Image) else Image.open(io.BytesIO(image))  # reads the header only
+        check_size(img.size, cap, f"64x max_pixels={max_pixels}" if max_pixels else "")
         img = img.convert("RGB")
+    except ValueError:
+        raise
     except Exception as e:  # PIL raises many types; the caller only needs the reason
         reason = "not a recognised image format" if type(e).__name__ == "UnidentifiedImageError" else str(e)
         raise ValueError(f"image cannot be decoded ({type(e).__name__}: {reason})") from None
-    if img.width < 1 or img.height < 1:
-        raise ValueError(f"image has an empty size {img.size}")
-    if max_pixels and img.width * img.height > 64 * max_pixels:
-        raise ValueError(f"image {img.size} is more than 64x max_pixels={max_pixels}")
     return img
+
+
+def check_size(size: tuple[int, int], cap: int = MAX_DECODE_PIXELS, why: str = "") -> None:
+    """Refuse an empty image, or one of more than ``cap`` pixels, from its (header) size: before decoding it."""
+    width, height = size
+    if width < 1 or height < 1:
+        raise ValueError(f"image has an empty size {size}")
+    if width * height > cap:
+        raise ValueError(f"image {width}x{height} has {width * height:,} pixels, over the limit of {cap:,}"
+                         f" ({why or 'MAX_DECODE_PIXELS'}); refused before decoding")
 
 
 def to_png(data: bytes) -> bytes:
     """PNG bytes of encoded image bytes: PNG input is returned as is (after checking it
     decodes); other formats are converted (modes other than L, RGB, RGBA, LA to RGB).
-    PIL's errors (UnidentifiedImageError, OSError, ValueError, SyntaxError) propagate."""
-    with Image.open(io.BytesIO(data)) as im:
+    More than MAX_DECODE_PIXELS: ValueError, before decoding. PIL's errors (UnidentifiedImageError, OSError, ValueError, SyntaxError) propagate."""
+    try:
+        im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:  # PIL's own header check, past 2x its pixel limit
+        raise ValueError(f"{e}; refused before decoding") from None
+    with im:
+        check_size(im.size)  # ValueError before a byte is decompressed
         im.load()
         if is_png(data):
             return data
@@ -70,5 +90,8 @@ def read_image_bytes(image: bytes | str | os.PathLike) -> bytes:
         path = Path(image)
         if not path.is_file():
             raise ValueError(f"image file not found: {image}")
+        if path.stat().st_size > MAX_IMAGE_FILE_BYTES:
+            raise ValueError(f"image file {image} is {path.stat().st_size / 2**20:.0f} MiB, over the limit of "
+                             f"{MAX_IMAGE_FILE_BYTES >> 20} MiB")
         return path.read_bytes()
     raise ValueError("image missing")

@@ -45,7 +45,8 @@ def vision_token_ids(tokenizer) -> list[int]:
 
 def load_policy(path: str, dtype="float32", attn_implementation: str = "sdpa"):
     return Qwen2VLForConditionalGeneration.from_pretrained(
-        path, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation, trust_remote_code=False)
+        path, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation, trust_remote_code=False,
+        use_safetensors=True)  # never unpickle a .bin beside (or instead of) the safetensors
 
 
 def load_processor(path: str):

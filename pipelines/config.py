@@ -11,6 +11,7 @@ import difflib
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import (
     ConfigAttributeError,
@@ -87,7 +88,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         path = resolve_config_path(path)
         try:
+            _check_yaml_size(path)
             file_cfg = OmegaConf.load(path)
+        except ConfigError:
+            raise
         except Exception as e:  # yaml errors carry line numbers; keep them
             raise ConfigError(f"{path}: cannot parse YAML: {e}") from None
         if not isinstance(file_cfg, DictConfig):
@@ -107,12 +111,31 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             cfg = _merge_override(cfg, key, value)
         except OmegaConfBaseException as e:
             raise ConfigError(_explain(e, schema, f"override '{key}={value}'")) from None
+        except yaml.YAMLError as e:  # the value is parsed as YAML: '[1,2', '*a', a control character, a tag
+            raise ConfigError(f"override '{key}={value}': the value is not valid YAML "
+                              f"({str(e).splitlines()[0]})") from None
+        except TypeError as e:  # OmegaConf: a mapping given for a list and the like
+            raise ConfigError(f"override '{key}={value}': {e}") from None
     return config_from(cfg)
+
+
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _check_yaml_size(path: Path) -> None:
+    """A config is a page of settings: a huge file is refused before it is parsed. (Anchor and
+    alias bombs are refused by OmegaConf's own expansion limit, tested in tests/test_hostile_input.py.)"""
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {path.stat().st_size:,} bytes; a config is under {MAX_CONFIG_BYTES:,}")
 
 
 def config_from(cfg: Any) -> MedR1Config:
     """A checked ``MedR1Config`` object from a merged, typed OmegaConf node."""
-    obj = OmegaConf.to_object(cfg)
+    try:
+        obj = OmegaConf.to_object(cfg)  # resolves interpolations (${oc.env:...}): their values are checked here
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", "") or "?"
+        raise ConfigError(f"{key}: {str(e).splitlines()[0]}") from None
     validate(obj)
     return obj
 

@@ -13,6 +13,8 @@ from pipelines.errors import ConfigError
 def validate(cfg: Any) -> None:
     """Checks that types alone cannot express."""
     problems = []
+    if not str(cfg.trainer.output_dir).strip():
+        problems.append("trainer.output_dir is empty (where would the run write?)")
     if cfg.rollout.group_size < 2:
         problems.append("rollout.group_size must be >= 2 (GRPO compares completions within a group)")
     if cfg.rollout.num_workers < 1:

@@ -207,7 +207,7 @@ class TrainerConfig:
     eval_every: int = 0  # 0: only before and after
     save_every: int = 0  # 0: only at the end
     seed: int = 0
-    resume_from: str | None = None  # a checkpoint dir, or "auto": the newest valid one of output_dir
+    resume_from: str | None = "auto"  # "auto": newest valid checkpoint of output_dir (same settings); a dir; null
     keep_last_n: int = 0  # keep only the newest N step checkpoints (0: all); final is always kept
 
 

@@ -66,7 +66,8 @@ def start_eval_workers(cfg, model_path: str, num_workers: int, max_new_tokens: i
         env.setdefault("PYTHONPATH", os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p))
         envs.append(env)
     workers = create_rollout_workers(num_workers, kwargs, num_cpus=ro.num_cpus, num_gpus=ro.num_gpus,
-                                     custom_resources=dict(ro.custom), env_vars=envs, name_prefix="eval-rollout")
+                                     custom_resources=dict(ro.custom), env_vars=envs, name_prefix="eval-rollout",
+                                     max_restarts=3)  # a dead one comes back and its prompts are re-issued
     wait_ready(workers)
     return workers
 

@@ -16,7 +16,8 @@ from typing import Optional
 
 from cluster.errors import JobsError
 from cluster.jobs import Submission, build_entrypoint
-from cluster.upload import DEFAULT_EXCLUDES, DEFAULT_MAX_UPLOAD_MIB, build_runtime_env, check_working_dir, is_excluded
+from cluster.upload import (DEFAULT_EXCLUDES, DEFAULT_MAX_UPLOAD_MIB, build_runtime_env, check_no_secrets,
+                            check_working_dir, is_excluded)
 from pipelines.config import load_config, resolve_config_path
 
 
@@ -40,7 +41,7 @@ def prepare_submission(config: str, overrides: Optional[list[str]] = None, *, wo
                        storage_path: Optional[str] = None, gpu: bool = False, install: bool = False,
                        env_vars: Optional[dict[str, str]] = None, extra_excludes: Optional[list[str]] = None,
                        max_upload_mib: float = DEFAULT_MAX_UPLOAD_MIB, python: str = "python",
-                       check_size: bool = True) -> Submission:
+                       check_size: bool = True, allow_secrets: bool = False) -> Submission:
     """Everything ``medr1 submit`` checks and builds before talking to the cluster (no Ray needed)."""
     wd = Path(working_dir).resolve()
     if not wd.is_dir():
@@ -85,7 +86,9 @@ def prepare_submission(config: str, overrides: Optional[list[str]] = None, *, wo
     if not gpu and (float(cfg.rollout.resources_per_worker.num_gpus) > 0 or float(cfg.learner.resources_per_worker.num_gpus) > 0):
         warnings.append("the config asks for GPUs but --gpu was not given: the job gets the CPU vLLM env vars")
 
-    upload = check_working_dir(wd, excludes, max_upload_mib) if check_size else None
+    upload = check_working_dir(wd, excludes, max_upload_mib, allow_secrets) if check_size else None
+    if not check_size and not allow_secrets:
+        check_no_secrets(wd, excludes)
     rt = build_runtime_env(wd, gpu=gpu, install=install, env_vars=env_vars, excludes=excludes)
     return Submission(entrypoint=build_entrypoint(config_rel, overrides, python), runtime_env=rt,
                       overrides=overrides, config_path=config_rel, upload=upload, warnings=warnings, cfg=cfg)

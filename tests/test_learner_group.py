@@ -89,3 +89,27 @@ def test_two_ranks_match_one_rank(ray_session, group_model_dir, samples, one_ran
             assert len(ids) >= 1
     finally:
         g.shutdown()
+
+
+def test_two_ranks_save_atomically_and_load(ray_session, group_model_dir, samples, tmp_path):
+    """Both ranks write their ZeRO-2 shards into one staging directory (rank 0's name, broadcast), which
+    appears under its name once sealed; a second save replaces it; the state loads back on both ranks."""
+    from learner.checkpoint_manifest import verify
+
+    g = _group(group_model_dir, 2, 2)
+    try:
+        g.train_step(samples, group_size=4)
+        target = tmp_path / "checkpoints" / "step_1"
+        g.call_all("save_checkpoint", str(target), {"step": 1})
+        shards = sorted(p.name for p in (target / "deepspeed" / "state").glob("*optim_states.pt"))
+        assert len(shards) == 2, shards  # one optimizer shard per rank, both inside the sealed checkpoint
+        manifest = verify(target)
+        assert all(f"deepspeed/state/{s}" in manifest["files"] for s in shards)
+        saved = g.gather_state_dict()
+        g.train_step(samples, group_size=4)
+        g.call_all("save_checkpoint", str(target), {"step": 2})  # replaces step_1's files in place, atomically
+        assert sorted(p.name for p in target.parent.iterdir()) == ["step_1"]
+        assert g.call_all("load_checkpoint", str(target)) == [{"step": 2}, {"step": 2}]
+        assert _max_diff(g.gather_state_dict(), saved) > 0  # the second save's weights, not the first's
+    finally:
+        g.shutdown()

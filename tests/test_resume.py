@@ -59,3 +59,23 @@ def test_resume_reaches_the_same_weights(tmp_path, ray_session):
     assert moved > 0, "step 2 did not change the weights; the comparison would prove nothing"
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert worst <= 1e-5 + 1e-3 * moved, f"resumed weights differ by {worst} (step-2 update size {moved})"
+
+
+def test_rerun_of_the_same_output_dir_continues_it(tmp_path, ray_session):
+    """trainer.resume_from=auto (the default): a rerun continues from the newest valid checkpoint, skipping
+    what a killed save left; a rerun with other settings is refused before anything starts."""
+    from pipelines.errors import UserError
+    from pipelines.training.grpo_loop import run_training
+
+    out = tmp_path / "run"
+    run_training(_cfg(tmp_path, out))  # steps 1-2: step_1 and final
+    half = out / "checkpoints" / "step_3.tmp-999" / "hf"  # a save killed part-way
+    half.mkdir(parents=True)
+    (half / "model.safetensors").write_bytes(b"partial")
+    summary = run_training(_cfg(tmp_path, out, ["trainer.total_steps=3"]))
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3], "the rerun must train step 3 only, continuing from final (step 2)"
+    assert "before" not in summary  # not a fresh start: no 'before' evaluation
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["final", "step_1"]
+    with pytest.raises(UserError, match="saved with other settings: learner.lr"):
+        run_training(_cfg(tmp_path, out, ["trainer.total_steps=3", "learner.lr=0.5"]))

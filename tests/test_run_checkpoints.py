@@ -40,3 +40,30 @@ def test_keep_last_n_prunes_only_older_step_checkpoints(tmp_path):
     _save(tmp_path, "step_4", sealed=False)  # unfinished: does not count as one to keep
     assert prune(tmp_path, 2) == []
     assert [p.name for p in run_checkpoints(tmp_path)] == ["step_2", "step_3", "step_4", "final"]
+
+
+def test_auto_resume_refuses_a_checkpoint_saved_with_other_settings(tmp_path):
+    import json
+
+    import pytest
+
+    from pipelines.config import load_config, to_dict
+    from pipelines.errors import UserError
+    from pipelines.training.checkpoints import changed_settings, refuse_other_settings, run_settings
+
+    assert load_config("smoke.yaml").trainer.resume_from == "auto"  # the default: a rerun continues its run
+    base = run_settings(to_dict(load_config("smoke.yaml")))
+    ckpt = _save(tmp_path, "step_1")
+    (ckpt / "deepspeed").mkdir()
+    (ckpt / "deepspeed" / "medr1_state.json").write_text(json.dumps({"step": 1, "settings": base}))
+    # Where it runs, how long and how it logs may change on a rerun: still the same run.
+    same = load_config("smoke.yaml", ["trainer.total_steps=50", "rollout.num_workers=1", "logging.tensorboard=false",
+                                      f"trainer.output_dir={tmp_path}", "eval.max_samples=3"])
+    refuse_other_settings(ckpt, run_settings(to_dict(same)))
+    other = run_settings(to_dict(load_config("smoke.yaml", ["learner.lr=0.5", "data.seed=9"])))
+    assert changed_settings(base, other) == [f"data.seed: {base['data.seed']} -> 9",
+                                             f"learner.lr: {base['learner.lr']} -> 0.5"]
+    with pytest.raises(UserError, match=r"saved with other settings: data.seed: .* -> 9; learner.lr: .* -> 0.5"):
+        refuse_other_settings(ckpt, other)
+    (ckpt / "deepspeed" / "medr1_state.json").unlink()  # a checkpoint from before settings were stored
+    refuse_other_settings(ckpt, other)

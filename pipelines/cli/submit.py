@@ -40,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra env var for the job")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                    help="extra gitignore-style pattern kept out of the upload")
+    p.add_argument("--allow-secrets", action="store_true",
+                   help="upload files that look like secrets (.env, private keys, tokens, credentials) anyway")
     p.add_argument("--max-upload-mib", type=float, default=100.0, help="refuse a bigger working dir (default 100)")
     p.add_argument("--python", default="python", help="interpreter on the cluster for the entrypoint")
     p.add_argument("--submission-id", default=None, help="job id to use (default: Ray picks one)")
@@ -90,7 +92,7 @@ def run_submit(args: argparse.Namespace) -> int:
     sub = prepare_submission(args.config, args.overrides, working_dir=wd, storage_path=args.storage_path,
                                   gpu=args.gpu, install=args.install, env_vars=_env_pairs(args.env),
                                   extra_excludes=args.exclude, max_upload_mib=args.max_upload_mib,
-                                  python=args.python)
+                                  python=args.python, allow_secrets=args.allow_secrets)
     for w in sub.warnings:
         print(f"warning: {w}", file=sys.stderr)
     print(f"entrypoint: {sub.entrypoint}")

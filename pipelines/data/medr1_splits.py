@@ -9,6 +9,7 @@ as are both for ``unknown_train.json``. ``--modality``/``--question-type`` overr
 """
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import re
@@ -16,6 +17,8 @@ from pathlib import Path
 
 from pipelines.data.schema import (
     LETTERS,
+    MAX_OPTION_CHARS,
+    MAX_QUESTION_CHARS,
     UNKNOWN,
     VQARecord,
     check_on_bad_record,
@@ -25,13 +28,16 @@ from pipelines.data.schema import (
     try_normalize_modality,
     try_normalize_question_type,
 )
-from pipelines.data.store import to_png_bytes, write_prepared
+from pipelines.data.store import image_under, to_png_bytes, write_prepared
 from pipelines.errors import BadRecordError, UserError
 
 log = logging.getLogger(__name__)
+_MAX_PROBLEM_CHARS = MAX_QUESTION_CHARS + len(LETTERS) * MAX_OPTION_CHARS  # question + every option
+MAX_JSON_BYTES = 1 << 30  # a split or QA file past this is refused before it is read
 
 # An option marker: a letter and ')' at the start of the text or after whitespace or a comma.
 _MARK = re.compile(r"(?:^|(?<=[\s,]))([A-H])\)")
+_BEYOND = re.compile(r"(?:^|(?<=[\s,]))[I-Z]\)")  # a ninth option's marker
 _ANSWER = re.compile(r"<answer>\s*([A-Ha-h])\s*</answer>", re.DOTALL)
 _SPLIT_SUFFIX = re.compile(r"^(.*?)[_\- ](train|test|val|validation)$", re.IGNORECASE)
 
@@ -41,26 +47,35 @@ def parse_problem(problem: str) -> tuple[str, list[str]]:
     fewer than two options. The markers A), B), ... must appear in order; among several
     chains the longest wins (the latest 'A)' on a tie, so a stray 'A)' in the question is
     not taken for the first option)."""
-    marks = [(m.start(), m.end(), m.group(1), m.start() > 0 and problem[m.start() - 1] == ",")
-             for m in _MARK.finditer(problem)]
+    marks = [(m.start(), m.end(), m.group(1)) for m in _MARK.finditer(problem)]
+    # Per letter, the indices (into marks) of its markers, and of those right after a comma:
+    # the next marker of a letter is a bisect away, so a long or hostile text stays O(n log n).
+    by_letter: dict[str, list[int]] = {}
+    after_comma: dict[str, list[int]] = {}
+    for k, (start, _, letter) in enumerate(marks):
+        by_letter.setdefault(letter, []).append(k)
+        if problem[max(start - 2, 0): start].endswith((",", ", ")):
+            after_comma.setdefault(letter, []).append(k)
     best: list[tuple[int, int]] = []
-    for i, (start, end, letter, _) in enumerate(marks):
+    for i, (start, end, letter) in enumerate(marks):
         if letter != "A":
             continue
         chain = [(start, end)]
         want, j = 1, i + 1
-        while j < len(marks) and want < len(LETTERS):
-            nxt = [k for k in range(j, len(marks)) if marks[k][2] == LETTERS[want]]
-            if not nxt:
+        while want < len(LETTERS):
+            k = _first_at_or_after(after_comma.get(LETTERS[want], []), j)  # prefer ", B)" over " B)"
+            if k is None:
+                k = _first_at_or_after(by_letter.get(LETTERS[want], []), j)
+            if k is None:
                 break
-            # Prefer a marker right after a comma (", B)") over one after plain whitespace.
-            k = next((k for k in nxt if marks[k][3] or problem[marks[k][0] - 2: marks[k][0]] == ", "), nxt[0])
             chain.append((marks[k][0], marks[k][1]))
             want, j = want + 1, k + 1
         if len(chain) >= len(best):
             best = chain
     if len(best) < 2:
         raise ValueError("no options found (expected inline options 'A)..., B)...')")
+    if len(best) == len(LETTERS) and _BEYOND.search(problem, best[-1][1]):
+        raise ValueError(f"more than {len(LETTERS)} options (a marker past {LETTERS[-1]}) follows)")
     question = problem[: best[0][0]].strip()
     options = []
     for n, (_, end) in enumerate(best):
@@ -74,6 +89,11 @@ def parse_problem(problem: str) -> tuple[str, list[str]]:
     if any(not o for o in options):
         raise ValueError(f"an empty option in {options!r}")
     return question, options
+
+
+def _first_at_or_after(indices: list[int], j: int) -> int | None:
+    n = bisect.bisect_left(indices, j)
+    return indices[n] if n < len(indices) else None
 
 
 def parse_solution(solution: str) -> str:
@@ -122,15 +142,26 @@ def _source_of(image: str, fallback: str) -> str:
 
 def read_json_list(path: Path) -> list:
     try:
-        text = path.read_text(encoding="utf-8")
+        size = path.stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise UserError(f"{path}: {size / 2**20:,.0f} MiB, over the limit of {MAX_JSON_BYTES >> 20} MiB "
+                            "for a JSON file of records")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except OSError as e:
         raise UserError(f"{path}: cannot read: {e}") from e
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise UserError(f"{path}: not UTF-8 at byte {e.start} (line {line}): {raw[e.start:e.start + 4]!r}") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno} (char {e.pos}): {e.msg}") from e
+    except RecursionError:
+        raise UserError(f"{path}: JSON nested too deeply (a list of flat records is expected)") from None
     if not isinstance(data, list):
         raise UserError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
     return data
@@ -170,6 +201,10 @@ def load_medr1_file(path: str | Path, image_root: str | Path | None = None, *, m
             absent = [k for k in ("image", "problem", "solution") if not isinstance(raw.get(k), str)]
             if absent:
                 raise BadRecordError(str(path), i, f"missing or non-string field(s): {', '.join(absent)}")
+            if len(raw["problem"]) > _MAX_PROBLEM_CHARS or len(raw["solution"]) > MAX_OPTION_CHARS:
+                raise BadRecordError(str(path), i, f"problem of {len(raw['problem']):,} / solution of "
+                                     f"{len(raw['solution']):,} characters: over the limits "
+                                     f"({_MAX_PROBLEM_CHARS:,} / {MAX_OPTION_CHARS:,})")
             try:
                 question, options = parse_problem(raw["problem"])
                 answer = parse_solution(raw["solution"])
@@ -178,7 +213,7 @@ def load_medr1_file(path: str | Path, image_root: str | Path | None = None, *, m
             if answer not in LETTERS[: len(options)]:
                 raise BadRecordError(str(path), i, f"answer {answer!r} is not among the options "
                                                    f"{LETTERS[0]}-{LETTERS[len(options) - 1]} ({options})")
-            image_file = root / raw["image"] if root is not None else None
+            image_file = image_under(root, raw["image"], str(path), i) if root is not None else None
             if image_file is not None and image_file.is_file():
                 image = to_png_bytes(image_file, str(path), i)
             elif allow_missing_images:

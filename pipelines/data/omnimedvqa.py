@@ -26,7 +26,7 @@ from pipelines.data.schema import (
     try_normalize_modality,
     try_normalize_question_type,
 )
-from pipelines.data.store import to_png_bytes, write_prepared
+from pipelines.data.store import image_under, to_png_bytes, write_prepared
 from pipelines.errors import BadRecordError, UserError
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,11 @@ def _record(raw, root: Path, file: Path, i: int, images: OrderedDict) -> VQAReco
             raise BadRecordError(src, i, f"missing field {k!r}")
     options = [str(raw[f"option_{c}"]).strip() for c in LETTERS[:MAX_OPTIONS]
                if raw.get(f"option_{c}") not in (None, "") and str(raw[f"option_{c}"]).strip()]
+    beyond = sorted(k for k in raw if isinstance(k, str) and k.startswith("option_")
+                    and k[7:] not in LETTERS[:MAX_OPTIONS] and raw[k] not in (None, ""))
+    if beyond:
+        raise BadRecordError(src, i, f"more than {MAX_OPTIONS} options ({', '.join(beyond[:3])}"
+                                     f"{', ...' if len(beyond) > 3 else ''}): at most option_A..option_H")
     if len(options) < 2:
         raise BadRecordError(src, i, f"{len(options)} option(s); need at least 2 (option_A, option_B, ...)")
     target = norm_answer(raw["gt_answer"])
@@ -73,7 +78,7 @@ def _record(raw, root: Path, file: Path, i: int, images: OrderedDict) -> VQAReco
         raise BadRecordError(src, i, f"unknown question type {raw.get('question_type')!r}")
     rel = str(raw["image_path"]).lstrip("/")
     if rel not in images:
-        images[rel] = to_png_bytes(root / rel, src, i)
+        images[rel] = to_png_bytes(image_under(root, rel, src, i), src, i)
         while len(images) > 64:  # questions about one image are usually adjacent
             images.popitem(last=False)
     qid = raw.get("question_id")

@@ -26,6 +26,9 @@ QUESTION_TYPES = (
 )
 UNKNOWN = "unknown"
 MIN_OPTIONS, MAX_OPTIONS = 2, 8
+# Far beyond any real question (Med-R1's longest is a few hundred characters) and any model context:
+# a record past these is refused, not tokenized.
+MAX_QUESTION_CHARS, MAX_OPTION_CHARS = 16_000, 2_000
 ON_BAD_RECORD = ("error", "skip")
 
 
@@ -121,6 +124,12 @@ class VQARecord:
             problems.append(f"{n} options (need {MIN_OPTIONS} to {MAX_OPTIONS})")
         if any(not isinstance(o, str) or not o.strip() for o in self.options):
             problems.append("an option is empty")
+        if len(str(self.question)) > MAX_QUESTION_CHARS:
+            problems.append(f"question of {len(str(self.question)):,} characters (limit {MAX_QUESTION_CHARS:,})")
+        if any(isinstance(o, str) and len(o) > MAX_OPTION_CHARS for o in self.options):
+            problems.append(f"an option of over {MAX_OPTION_CHARS:,} characters")
+        if "\x00" in str(self.question) or any(isinstance(o, str) and "\x00" in o for o in self.options):
+            problems.append("a NUL byte in the question or an option")
         letters = LETTERS[: min(n, MAX_OPTIONS)]
         if self.answer not in letters or not self.answer:
             problems.append(f"answer {self.answer!r} is not among the option letters {', '.join(letters) or '(none)'}")

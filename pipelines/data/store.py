@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import UnidentifiedImageError
+from PIL.Image import DecompressionBombError, UnidentifiedImageError
 
 from learner.image_codec import is_png, read_image_bytes, to_png
 from pipelines.data.schema import LETTERS, VQARecord
@@ -50,9 +50,20 @@ def to_png_bytes(data_or_path: bytes | str | os.PathLike, source: str = "", inde
             raise BadRecordError(where, index, f"cannot read image {path}: {e}") from e
     try:
         return to_png(data)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except (UnidentifiedImageError, DecompressionBombError, OSError, ValueError, SyntaxError) as e:
         name = "" if isinstance(data_or_path, (bytes, bytearray)) else f" {data_or_path}"
         raise BadRecordError(where, index, f"unreadable image{name}: {e}") from e
+
+
+def image_under(root: Path, rel: str, source: str, index: int | str) -> Path:
+    """``root/rel``, refused (BadRecordError) when a record's image path would leave ``root``
+    ('../..', an absolute path): a data file must not make us read files elsewhere."""
+    path = root / rel
+    # Lexical, not resolved: an image root that links to another disk is fine, '..' is not.
+    base = os.path.abspath(root)
+    if os.path.commonpath([base, os.path.abspath(path)]) != base:
+        raise BadRecordError(source, index, f"image path {rel!r} points outside the image root {root}")
+    return path
 
 
 def _image_bytes(rec: VQARecord) -> bytes:
@@ -154,7 +165,19 @@ def load_prepared(data_dir: str | os.PathLike, split: str) -> list[VQARecord]:
         table = pq.read_table(path, columns=[c for c in COLUMNS if c != "image_sha256"])
     except Exception as e:  # pyarrow raises several types for corrupt files
         raise UserError(f"cannot read {path}: {e}") from e
-    rows = table.to_pylist()
-    return [VQARecord(id=r["id"], image=r["image"] or b"", question=r["question"], options=list(r["options"]),
-                      answer=r["answer"], modality=r["modality"], question_type=r["question_type"],
-                      source=r["source"], image_path=r["image_path"] or "", index=i) for i, r in enumerate(rows)]
+    want = _schema()
+    for name in table.column_names:  # a file written by something else: refused, not misread
+        if not table.schema.field(name).type.equals(want.field(name).type):
+            raise UserError(f"{path}: column {name!r} is {table.schema.field(name).type}, expected "
+                            f"{want.field(name).type} (not a dataset written by medr1 prepare-data)")
+    records = []
+    for i, r in enumerate(table.to_pylist()):
+        rec = VQARecord(id=r["id"] or "", image=r["image"] or b"", question=r["question"] or "",
+                        options=list(r["options"] or []), answer=r["answer"] or "", modality=r["modality"] or "",
+                        question_type=r["question_type"] or "", source=r["source"] or "",
+                        image_path=r["image_path"] or "", index=i)
+        try:
+            records.append(rec.validate(allow_unknown=True))
+        except ValueError as e:
+            raise BadRecordError(str(path), i, str(e)) from None
+    return records

@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 import ray
+from ray.exceptions import ActorUnavailableError, RayActorError
 from rich.console import Console
 from rich.markup import escape
 from tqdm import tqdm
 from transformers import AutoTokenizer
 
 from actors.sharding import contiguous_shards
-from cluster.ray_utils import kill_quietly
+from cluster.ray_utils import describe_failure, kill_quietly
 from learner.image_codec import read_image_bytes
 from learner.weights_digest import safetensors_digest
 from pipelines.config import REPO_ROOT, load_config
@@ -33,19 +34,23 @@ from pipelines.errors import UserError
 from pipelines.evaluation.accuracy import score_completion, summarize, worst_examples
 from pipelines.evaluation.report import plot_accuracy_bars, print_eval_table
 from pipelines.launch import connect_ray, start_eval_workers
+from pipelines.models.checks import refuse_unsafe_model
 from pipelines.models.tiny import is_model_dir
 from pipelines.prompts import chat_prompt
 from pipelines.traces import TraceWriter, reset_store, trace_row
 from pipelines.tracing.provenance import config_sha256
 
 log = logging.getLogger(__name__)
+MAX_EVAL_REISSUES = 3
+_ACTOR_FAILURES = (RayActorError, ActorUnavailableError)  # the actor died (not an error in a prompt)
 
 
 # --------------------------------------------------------------------------- pieces
-def check_model_dir(model: str | os.PathLike) -> str:
+def check_model_dir(model: str | os.PathLike, trust_remote_code: bool = False) -> str:
     p = Path(model)
     if not p.exists():
         raise UserError(f"model directory not found: {p}")
+    refuse_unsafe_model(p, trust_remote_code)
     if not is_model_dir(p):
         raise UserError(f"{p} is not an HF model directory (needs config.json and *.safetensors); "
                         f"for a training run, point at <run>/checkpoints/final/hf")
@@ -128,7 +133,7 @@ def evaluate_model(model: str, data: str, *, split: str = "test", out: Optional[
     or stopped here); otherwise R actors are started on the current Ray (started locally,
     or joined at ``cluster.address``, if needed) and killed at the end."""
     cfg = cfg if cfg is not None else load_config(None)
-    model = check_model_dir(model)
+    model = check_model_dir(model, cfg.model.trust_remote_code)
     records = load_prepared(data, split)
     records = select_records(records, max_samples if max_samples is not None else cfg.eval.max_samples,
                              modalities, question_types)
@@ -195,13 +200,19 @@ def build_payloads(records: list, tokenizer, prompt_style: str = "think"):
 # --------------------------------------------------------------------------- generation
 def generate_eval_rows(workers: list, records: list, *, tokenizer, max_new_tokens: int = 256,
                        prompt_style: str = "think", weight_version: int = 0, step: int = -1, model: str = "",
-                       run: str = "", progress: bool = True, chunk_size: int = 512, weights_sha256: str = ""):
+                       run: str = "", progress: bool = True, chunk_size: int = 512, weights_sha256: str = "",
+                       pool=None, stats: Optional[dict] = None):
     """Greedy-generate every record on the rollout actors; returns (rows, skipped, seconds).
 
     Records are split into R contiguous shards (one per actor); a shard larger than
     ``chunk_size`` goes as several consecutive calls to the same actor so the progress
     bar moves. Every call is in flight at once; an actor runs its calls in order.
-    Rows are in record order and use the trace-store column names."""
+    Rows are in record order and use the trace-store column names.
+
+    A call whose actor dies is re-issued (up to MAX_EVAL_REISSUES times): on the next actor, or,
+    with one actor, on the same one once Ray has restarted it. Within a training run ``pool``
+    (the RolloutPool) brings a restarted actor to the current weights first.
+    ``stats["eval_reissued"]`` counts the prompts re-issued."""
     if not workers:
         raise ValueError("evaluation needs at least one rollout worker")
     t0 = time.perf_counter()
@@ -212,7 +223,7 @@ def generate_eval_rows(workers: list, records: list, *, tokenizer, max_new_token
         for cs in range(start, stop, max(1, chunk_size)):
             chunk = payloads[cs:min(stop, cs + chunk_size)]
             send = [{"id": p["id"], "prompt": p["prompt"], "image": p["image"]} for p in chunk]
-            pending[workers[wi].generate.remote(send, sampling)] = chunk
+            pending[workers[wi].generate.remote(send, sampling)] = (wi, chunk, 0)
     rows_by_index: dict[int, dict] = {}
     bar = tqdm(total=len(payloads), desc="eval", unit="prompt", disable=not progress, leave=False)
     try:
@@ -220,8 +231,23 @@ def generate_eval_rows(workers: list, records: list, *, tokenizer, max_new_token
         while waiting:
             done, waiting = ray.wait(waiting, num_returns=1)
             for ref in done:
-                out = ray.get(ref)
-                chunk = pending[ref]
+                wi, chunk, attempt = pending.pop(ref)
+                try:
+                    out = ray.get(ref)
+                except _ACTOR_FAILURES as e:
+                    if attempt >= MAX_EVAL_REISSUES:
+                        raise RuntimeError(f"evaluation prompts {chunk[0]['id']}.. failed {attempt + 1} times; "
+                                           f"last: {describe_failure(e)}") from e
+                    target = _reissue_target(workers, wi, pool)
+                    log.warning("eval-rollout-%d died (%s); re-issuing %d prompts to rollout-%d", wi,
+                                type(e).__name__, len(chunk), target)
+                    new = workers[target].generate.remote(
+                        [{"id": p["id"], "prompt": p["prompt"], "image": p["image"]} for p in chunk], sampling)
+                    pending[new] = (target, chunk, attempt + 1)
+                    waiting.append(new)
+                    if stats is not None:
+                        stats["eval_reissued"] = stats.get("eval_reissued", 0) + len(chunk)
+                    continue
                 for p, res in zip(chunk, out["results"]):
                     rec = records[p["_index"]]
                     comps = res.get("completions") or []
@@ -243,9 +269,22 @@ def generate_eval_rows(workers: list, records: list, *, tokenizer, max_new_token
     return rows, skipped, time.perf_counter() - t0
 
 
+def _reissue_target(workers: list, dead: int, pool) -> int:
+    """Where a dead actor's evaluation prompts go: the next actor (it holds the same weights), or with
+    a single actor the same one, once Ray has restarted it (and, in training, the pool has caught it up)."""
+    if pool is not None:
+        pool.mark_dead(dead)  # healed (restarted, current weights) here or before the next rollout
+    if len(workers) > 1:
+        return (dead + 1) % len(workers)
+    if pool is not None:
+        pool.heal()
+    return dead
+
+
 def evaluate_records(workers: list, records: list, *, tokenizer, max_new_tokens: int = 256,
                      prompt_style: str = "think", weight_version: int = 0, step: int = -1, model: str = "",
-                     run: str = "", trace_writer=None, progress: bool = True, weights_sha256: str = "") -> dict:
+                     run: str = "", trace_writer=None, progress: bool = True, weights_sha256: str = "",
+                     pool=None) -> dict:
     """Evaluate ``records`` greedily on the rollout ``workers``; returns the metrics dict.
 
     Keys: overall, by_modality, by_question_type, by_source (each cell
@@ -255,14 +294,16 @@ def evaluate_records(workers: list, records: list, *, tokenizer, max_new_tokens:
     image_path, reason}]}, excluded from n), n, tokens, seconds, prompts_per_s,
     weight_version, step. One trace row per scored record goes to ``trace_writer``
     (flushed before returning)."""
+    stats: dict = {}
     rows, skipped, seconds = generate_eval_rows(
         workers, records, tokenizer=tokenizer, max_new_tokens=max_new_tokens, prompt_style=prompt_style,
         weight_version=weight_version, step=step, model=model, run=run, progress=progress,
-        weights_sha256=weights_sha256)
+        weights_sha256=weights_sha256, pool=pool, stats=stats)
     if trace_writer is not None and rows:
         trace_writer.add(rows)
         trace_writer.flush()
     metrics = summarize(rows, skipped, seconds)
     metrics["weight_version"] = int(weight_version)
     metrics["step"] = int(step)
+    metrics["reissued"] = int(stats.get("eval_reissued", 0))
     return metrics

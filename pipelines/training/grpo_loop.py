@@ -26,22 +26,21 @@ from tqdm import tqdm
 
 from actors.weight_sync import WeightPushError
 from cluster.ray_utils import describe_failure
-from learner import checkpoint_manifest
 from learner.grpo import compute_advantages, dead_group_mask
 from learner.policy import vision_token_ids
 from learner.samples import TrainSample
-from pipelines.data.cursor import DataCursor
 from pipelines.config import to_dict
-from pipelines.errors import RunStopped, UserError
+from pipelines.data.cursor import DataCursor
+from pipelines.errors import RunStopped
 from pipelines.evaluation.accuracy import FORMAT_REWARD
 from pipelines.evaluation.evaluate import evaluate_records, select_records
-from pipelines.training.checkpoints import latest_valid, prune
+from pipelines.training.checkpoints import prune, resolve_resume, run_settings, tidy
 from pipelines.training.dynamic_sampling import fill_live_groups
 from pipelines.training.metrics import MetricsLog, plot_run_curve, read_metrics, timer
 from pipelines.training.overlong import add_overlong_penalty, is_truncated
 from pipelines.training.run_setup import RunContext, start_run
-from pipelines.training.trackers import open_trackers
 from pipelines.training.run_traces import RunTraces
+from pipelines.training.trackers import open_trackers
 from rewards import get_reward
 
 log = logging.getLogger(__name__)
@@ -83,16 +82,7 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
-        self.resume_from = self.cfg.trainer.resume_from
-        if self.resume_from == "auto":
-            found = latest_valid(self.out)
-            self.resume_from = str(found) if found else None
-            log.info("resume_from=auto: %s", f"continuing from {found}" if found else "no checkpoint; starting fresh")
-        elif self.resume_from:
-            try:  # before anything starts: a partial or corrupted checkpoint is refused, naming the file
-                checkpoint_manifest.verify(self.resume_from)
-            except checkpoint_manifest.CheckpointError as e:
-                raise UserError(f"trainer.resume_from: {e}") from None
+        self.resume_from = resolve_resume(self.cfg.trainer.resume_from, self.out, to_dict(self.cfg))
         self.ctx = start_run(self.cfg)
         self._vision_ids = set(vision_token_ids(self.ctx.tokenizer))
         c = self.cfg
@@ -229,6 +219,7 @@ class GRPOTrainer:
             rollout_tokens_per_s=outcome.tokens / max(outcome.seconds, 1e-9),
             rollout_reissued=outcome.reissued,
             rollout_restarts=ctx.rollout.restarts,
+            reward_rescored=ctx.reward_stats.get("reward_rescored", 0),  # over the run
             queue_depth=queue_depth,
             weight_version_lag=self._staleness([sp.version for sp in kept]),
             **{f"reward_{name}": _mean([x[name] for x in comps]) for name in (comps[0] if comps else {})},
@@ -337,8 +328,10 @@ class GRPOTrainer:
                                max_new_tokens=c.eval.max_new_tokens, prompt_style=c.eval.prompt_style,
                                weight_version=self.weight_version, step=self.step, model=str(c.model.path),
                                run=self.out.name, trace_writer=self.eval_traces, progress=c.logging.progress,
-                               weights_sha256=self.tr.weights_sha256(self.weight_version) if self.tr else "")
-        brief = {k: res[k] for k in ("overall", "by_modality", "by_question_type", "format_rate", "unparsable", "n")
+                               weights_sha256=self.tr.weights_sha256(self.weight_version) if self.tr else "",
+                               pool=ctx.rollout)  # a rollout actor dying mid-evaluation: its prompts re-issued
+        brief = {k: res[k] for k in ("overall", "by_modality", "by_question_type", "format_rate", "unparsable", "n",
+                                     "reissued")
                  if k in res}
         evals_path = self.out / "evals.jsonl"
         with evals_path.open("a") as f:
@@ -351,11 +344,14 @@ class GRPOTrainer:
         # Batches already sampling (async mode) are not trained yet: the checkpoint's cursor points before them.
         cursor = self._inflight[0].cursor_before if self._inflight else self.cursor.to_dict()
         state = {"step": self.step, "weight_version": self.weight_version, "cursor": cursor,
-                 "python_random": repr(random.getstate()), "config": str(self.cfg.trainer.output_dir)}
-        if self.tr:  # sealed with the checkpoint: the rows it was trained on up to here
-            state["trace_heads"] = self.tr.record_in_checkpoint(directory)
+                 "python_random": repr(random.getstate()), "config": str(self.cfg.trainer.output_dir),
+                 "settings": run_settings(to_dict(self.cfg))}
+        tidy(self.out)
+        files = {}
+        if self.tr:  # sealed with the checkpoint: the trace heads of the rows it was trained on up to here
+            state["trace_heads"], files = self.tr.checkpoint_files()
         self._guard_learner_call(f"saving {directory}",
-                                 lambda: self.ctx.learners.call_all("save_checkpoint", str(directory), state)[0])
+                                 lambda: self.ctx.learners.call_all("save_checkpoint", str(directory), state, files)[0])
         self.last_checkpoint = str(directory)
         for old in prune(self.out, self.cfg.trainer.keep_last_n):
             log.info("trainer.keep_last_n=%d: removed %s", self.cfg.trainer.keep_last_n, old)

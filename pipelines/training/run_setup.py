@@ -14,7 +14,7 @@ import ray
 from transformers import AutoTokenizer
 
 from actors.learner import LearnerGroup
-from actors.reward import RewardActor, score_sharded
+from actors.reward import REWARD_MAX_RESTARTS, RewardActor, score_sharded
 from actors.rollout import Colocation, RolloutPool, create_rollout_workers, wait_ready
 from actors.weight_sync import make_weight_sync
 from cluster.connect import is_local
@@ -26,6 +26,7 @@ from pipelines.data.store import load_prepared
 from pipelines.data.synthetic import prepare_synthetic
 from pipelines.errors import UserError
 from pipelines.launch import REWARD_WORKER_CPUS, connect_ray, engine_kwargs, resource_plan, rollout_env
+from pipelines.models.checks import refuse_unsafe_model
 from pipelines.models.tiny import build_tiny_model, is_model_dir
 from pipelines.prompts import chat_prompt
 from pipelines.traces import trace_row
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 def ensure_model(cfg) -> str:
     path = Path(cfg.model.path)
+    refuse_unsafe_model(path, cfg.model.trust_remote_code)
     if is_model_dir(path):
         return str(path)
     if cfg.model.build_tiny_if_missing:
@@ -139,6 +141,7 @@ class RunContext:
     colocation: Any = None  # actors.rollout.Colocation when cluster.colocate
     _payloads: dict = field(default_factory=dict)
     _image_hashes: dict = field(default_factory=dict)  # id(payload image bytes) -> SHA-256; payloads are kept
+    reward_stats: dict = field(default_factory=dict)  # reward_rescored: completions scored again after a death
 
     def prompt_payload(self, record) -> dict:
         """The rollout request for a record: chat-templated prompt text and PNG bytes."""
@@ -151,7 +154,7 @@ class RunContext:
         return p
 
     def score(self, texts: list[str], answers: list[str]) -> list[dict]:
-        return score_sharded(self.reward_workers, texts, answers)
+        return score_sharded(self.reward_workers, texts, answers, stats=self.reward_stats)
 
     def trace_row(self, record, comp: dict, score: dict, *, step: int, version: int, worker: int,
                   sample_index: int, advantage: float, weights_sha256: str = "", sampling: dict | None = None) -> dict:
@@ -209,7 +212,8 @@ def start_run(cfg) -> RunContext:
         R, engine_kwargs(cfg, model_path), num_cpus=ro.num_cpus, num_gpus=ro.num_gpus,
         custom_resources=dict(ro.custom), env_vars=[rollout_env(cfg, i) for i in range(R)],
         placement_group=pgs["rollout"], bundle_indices=list(range(R)), max_restarts=3)
-    reward_workers = [RewardActor.options(name=f"reward-{i}", num_cpus=REWARD_WORKER_CPUS)
+    reward_workers = [RewardActor.options(name=f"reward-{i}", num_cpus=REWARD_WORKER_CPUS,
+                                          max_restarts=REWARD_MAX_RESTARTS)
                       .remote(dict(cfg.reward.functions)) for i in range(cfg.reward.num_workers)]
     if cfg.cluster.colocate:
         # The engines size their memory when they start: they must be up and asleep before the

@@ -55,14 +55,12 @@ class RunTraces:
         self.eval.flush()
         return self.train.heads()
 
-    def record_in_checkpoint(self, directory: Path) -> dict[str, str]:
-        """Flush, and write the heads into the checkpoint before the learner seals it."""
+    def checkpoint_files(self) -> tuple[dict[str, str], dict[str, str]]:
+        """Flush; the heads, and the file recording them that the learner writes into the checkpoint's
+        staging copy before sealing it (so they are sealed with the weights they go with)."""
         heads = self.heads()
-        p = Path(directory) / HEADS_FILE
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps({"heads": heads, "head": combined_head(heads), "run_id": self.train.run_id},
-                                indent=1) + "\n")
-        return heads
+        text = json.dumps({"heads": heads, "head": combined_head(heads), "run_id": self.train.run_id}, indent=1)
+        return heads, {HEADS_FILE: text + "\n"}
 
     def close(self) -> dict[str, Any]:
         """Close both writers; the summary's trace fields."""
