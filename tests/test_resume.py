@@ -18,14 +18,24 @@ def _cfg(tmp_path, out, extra=()):
         "eval.max_samples=2", "trainer.save_every=1", *extra])
 
 
-def test_resume_reaches_the_same_weights(tmp_path, ray_session):
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, ray_session):
+    """One uninterrupted 2-step run (checkpoints step_1 and final), shared: each smoke run costs minutes."""
+    from pipelines.training.grpo_loop import run_training
+
+    base = tmp_path_factory.mktemp("resume")
+    run_training(_cfg(base, base / "full"))
+    return base
+
+
+def test_resume_reaches_the_same_weights(full_run):
     from safetensors.torch import load_file
 
     from pipelines.traces import read_traces
     from pipelines.training.grpo_loop import run_training
 
+    tmp_path = full_run
     full = tmp_path / "full"
-    run_training(_cfg(tmp_path, full))
     resumed = tmp_path / "resumed"
     # The resumed run may use a different number of rollout actors.
     run_training(_cfg(tmp_path, resumed, [f"trainer.resume_from={full / 'checkpoints' / 'step_1'}",
@@ -61,14 +71,17 @@ def test_resume_reaches_the_same_weights(tmp_path, ray_session):
     assert worst <= 1e-5 + 1e-3 * moved, f"resumed weights differ by {worst} (step-2 update size {moved})"
 
 
-def test_rerun_of_the_same_output_dir_continues_it(tmp_path, ray_session):
+def test_rerun_of_the_same_output_dir_continues_it(full_run):
     """trainer.resume_from=auto (the default): a rerun continues from the newest valid checkpoint, skipping
     what a killed save left; a rerun with other settings is refused before anything starts."""
+    import shutil
+
     from pipelines.errors import UserError
     from pipelines.training.grpo_loop import run_training
 
-    out = tmp_path / "run"
-    run_training(_cfg(tmp_path, out))  # steps 1-2: step_1 and final
+    tmp_path = full_run
+    out = tmp_path / "rerun" / "full"  # a copy of the 2-step run (steps 1-2: step_1 and final), same name
+    shutil.copytree(tmp_path / "full", out)
     half = out / "checkpoints" / "step_3.tmp-999" / "hf"  # a save killed part-way
     half.mkdir(parents=True)
     (half / "model.safetensors").write_bytes(b"partial")
