@@ -15,6 +15,7 @@ from pipelines.choices import (
     KLEstimator,
     LossAgg,
     LRSchedule,
+    ModelFamily,
     OnBadRecord,
     OptionOrder,
     Placement,
@@ -39,8 +40,9 @@ class Resources:
 
 @dataclass
 class TinyModelConfig:
-    """Dimensions of the locally built Qwen2-VL (head_dim 64: the vLLM CPU attention needs it)."""
+    """Dimensions of the locally built Qwen-VL (head_dim 64: the vLLM CPU attention needs it)."""
 
+    family: ModelFamily = ModelFamily.qwen2_vl  # which generation `build_tiny_if_missing` builds
     seed: int = 0
     vocab_size: int = 2048
     hidden_size: int = 256
