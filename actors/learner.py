@@ -54,8 +54,9 @@ class LearnerWorker:
     def weights_sha256(self) -> Optional[str]:
         return self.learner.weights_sha256()
 
-    def save_checkpoint(self, directory: str, client_state: Optional[dict] = None) -> str:
-        return self.learner.save_checkpoint(directory, client_state)
+    def save_checkpoint(self, directory: str, client_state: Optional[dict] = None,
+                        export_hf: Optional[bool] = None) -> str:
+        return self.learner.save_checkpoint(directory, client_state, export_hf)
 
     def load_checkpoint(self, directory: str, verify: bool = True) -> dict:
         return self.learner.load_checkpoint(directory, verify)

@@ -49,7 +49,7 @@ def unseal(directory: str | Path) -> None:
     (Path(directory) / MANIFEST).unlink(missing_ok=True)
 
 
-def seal(directory: str | Path, parts: tuple[str, ...] = ("hf", "deepspeed", "trace")) -> dict:
+def seal(directory: str | Path, parts: tuple[str, ...] = ("hf", "adapter", "deepspeed", "trace")) -> dict:
     """Write the manifest of ``parts`` (sub-directories of ``directory``; absent ones hold nothing), after
     syncing their files. ``trace/`` holds the trace store's heads at the save (the driver writes it first)."""
     d = Path(directory)

@@ -24,6 +24,9 @@ Decisions:
   ``updates_per_batch`` passes repeat that. The clipped ratio against the sampling log-probs
   keeps the later steps on the same rollouts honest (PPO-style). The LR schedule counts
   optimizer steps (total_steps * updates_per_batch * mini_batches).
+- LoRA (``learner.lora.rank > 0``, ``learner/lora.py``): PEFT adapters on the language model, the
+  rest frozen; the reference is the same module with the adapter disabled; pushes and the HF
+  export send merged weights; checkpoints hold the adapter and the trainable state only.
 - Policy weights are loaded in full on every rank and partitioned by ``deepspeed.initialize``
   (fine up to a few B parameters; a ``zero.Init`` load path would be needed for much larger models).
 """
@@ -31,18 +34,15 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
-import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import deepspeed
 import torch
 import torch.distributed as dist
-from transformers import get_scheduler
-
-from learner import checkpoint_manifest
+from learner import checkpoint_manifest, lora
+from learner.ds_config import build_ds_config, build_scheduler
 from learner.grpo import grpo_loss
 from learner.image_codec import decode_image
 from learner.policy import (
@@ -60,59 +60,6 @@ from learner.weights_digest import weights_digest
 log = logging.getLogger(__name__)
 
 _DS_TAG = "state"
-
-
-# Our schedule names -> transformers' (ours warm up whichever schedule follows, "constant" included).
-_SCHEDULERS = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}
-
-
-def build_scheduler(optimizer, schedule: str, total_steps: int, warmup_ratio: float):
-    """transformers' LR schedule over ``total_steps`` optimizer steps, warming up for ``warmup_ratio`` of them.
-
-    Our warm-up never trains at lr 0: optimizer step s (from 0) warms up at (s + 1) / (warmup + 1).
-    transformers' warm-up starts at 0, so its schedule runs one step ahead over one step more
-    (warmup + 1 warm-up steps of total + 1): the same curve, step for step."""
-    total = max(int(total_steps), 1)
-    warmup = int(math.ceil(warmup_ratio * total)) if warmup_ratio > 0 else 0
-    sched = get_scheduler(_SCHEDULERS[str(schedule)], optimizer, num_warmup_steps=warmup + 1,
-                          num_training_steps=total + 1)
-    with warnings.catch_warnings():  # "step() before optimizer.step()": this step only moves the schedule
-        warnings.simplefilter("ignore")
-        sched.step()
-    return sched
-
-
-def build_ds_config(learner_cfg, *, world_size: int, samples_per_step_per_rank: int,
-                    client_optimizer: bool) -> dict:
-    mb = int(learner_cfg.micro_batch_size)
-    gas = max(1, math.ceil(samples_per_step_per_rank / mb))
-    stage = int(learner_cfg.zero_stage)
-    zero: dict[str, Any] = {"stage": stage}
-    if stage in (1, 2):
-        zero.update({"contiguous_gradients": True, "overlap_comm": False, "reduce_scatter": True})
-    if stage == 3:
-        zero.update({"contiguous_gradients": True, "overlap_comm": False,
-                     "stage3_gather_16bit_weights_on_model_save": False})
-    if learner_cfg.offload_optimizer:
-        if stage == 0:
-            raise ValueError("offload_optimizer needs zero_stage >= 1")
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
-    cfg: dict[str, Any] = {
-        "train_micro_batch_size_per_gpu": mb,
-        "gradient_accumulation_steps": gas,
-        "train_batch_size": mb * gas * world_size,
-        "gradient_clipping": float(learner_cfg.grad_clip),
-        "zero_optimization": zero,
-        "bf16": {"enabled": bool(learner_cfg.bf16)},
-        "zero_allow_untested_optimizer": True,
-        "steps_per_print": 1 << 30,
-        "wall_clock_breakdown": False,
-    }
-    if not client_optimizer:
-        cfg["optimizer"] = {"type": "AdamW", "params": {
-            "lr": float(learner_cfg.lr), "betas": [float(b) for b in learner_cfg.adam_betas],
-            "eps": 1e-8, "weight_decay": float(learner_cfg.weight_decay)}}
-    return cfg
 
 
 class GRPOLearner:
@@ -145,6 +92,12 @@ class GRPOLearner:
         model.config.use_cache = False
         if learner_cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        lora_cfg = getattr(learner_cfg, "lora", None)
+        self.lora = lora_cfg is not None and int(lora_cfg.rank) > 0
+        if self.lora:
+            model = lora.apply_lora(model, lora_cfg)
+        trainable, total = lora.trainable_counts(model)
+        self.param_counts = {"trainable": trainable, "total": total}
         model.train()
 
         self.updates_per_batch = max(1, int(grpo_cfg.updates_per_batch))
@@ -171,7 +124,7 @@ class GRPOLearner:
 
         self.ref = None
         self.beta = float(grpo_cfg.beta)
-        if self.beta > 0:
+        if self.beta > 0 and not self.lora:  # under LoRA the reference is the base: the adapter disabled
             ref = load_policy(self.model_path, dtype=dtype, attn_implementation=attn_implementation)
             ref.config.use_cache = False
             ref.requires_grad_(False)
@@ -188,8 +141,8 @@ class GRPOLearner:
             else:
                 self.ref = ref.to(device=self.device, dtype=self.compute_dtype)
         self.optimizer_steps = 0
-        log.info("GRPOLearner rank %d/%d: ZeRO-%d, backend %s, ds_config %s", self.rank, self.world_size,
-                 self.stage, backend, json.dumps(ds_config))
+        log.info("GRPOLearner rank %d/%d: ZeRO-%d, backend %s, %d of %d parameters trained, ds_config %s",
+                 self.rank, self.world_size, self.stage, backend, trainable, total, json.dumps(ds_config))
 
     # ------------------------------------------------------------------ helpers
     def _all_reduce(self, t: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
@@ -203,6 +156,18 @@ class GRPOLearner:
         if not grads:
             return None
         return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
+
+    def _ref_logprobs(self, b) -> torch.Tensor:
+        if self.ref is not None:
+            return completion_logprobs(self.ref, b, self.temperature)[0]
+        module = self.engine.module  # LoRA: the base model is the reference, no second copy
+        was_training = module.training
+        module.eval()
+        try:
+            with module.disable_adapter():
+                return completion_logprobs(module, b, self.temperature)[0]
+        finally:
+            module.train(was_training)
 
     def _batch(self, samples):
         b = build_inputs(self.processor, samples, self.pad_id)
@@ -244,10 +209,10 @@ class GRPOLearner:
         batches = [self._batch(c) for c, _ in micro]
 
         ref_logps: list[Optional[torch.Tensor]] = [None] * len(batches)
-        if self.ref is not None:
+        if self.beta > 0:
             with torch.no_grad():
                 for i, b in enumerate(batches):
-                    ref_logps[i], _ = completion_logprobs(self.ref, b, self.temperature)
+                    ref_logps[i] = self._ref_logprobs(b)
 
         sums: dict[str, float] = {}
         wsum = 0.0
@@ -317,23 +282,33 @@ class GRPOLearner:
         """``learner/weights_digest.py`` of the weights a push sends, on rank 0 (None elsewhere). All ranks call."""
         return weights_digest((ck, t) for _, ck, t in self._gathered_params())
 
-    def save_checkpoint(self, directory: str, client_state: Optional[dict] = None) -> str:
-        """``dir/hf`` (safetensors + config + processor, rank 0) and ``dir/deepspeed`` (engine state). Collective."""
+    def save_checkpoint(self, directory: str, client_state: Optional[dict] = None,
+                        export_hf: Optional[bool] = None) -> str:
+        """``dir/hf`` (safetensors + config + processor, rank 0) and ``dir/deepspeed`` (engine state). Collective.
+
+        Under LoRA ``dir/adapter`` holds the adapter, ``dir/deepspeed`` only the trainable state, and
+        ``dir/hf`` (the merged model) is written only when ``export_hf`` (default: without LoRA only)."""
         d = Path(directory)
+        export_hf = (not self.lora) if export_hf is None else bool(export_hf)
         if self.rank == 0:
             d.mkdir(parents=True, exist_ok=True)
             checkpoint_manifest.unseal(d)
-        sd = {name: t for name, _, t in self._gathered_params()}  # in-memory names; collective under ZeRO-3
-        if self.rank == 0:
-            hf = d / "hf"
-            # Writes model.safetensors under the checkpoint names (model.*, visual.*; a tied head left out),
-            # config.json and generation_config.json: what vLLM and from_pretrained load.
-            self.engine.module.save_pretrained(hf, state_dict=sd)
-            self.processor.save_pretrained(hf)
-        del sd
+        if export_hf:
+            sd = {name: t for name, _, t in self._gathered_params()}  # in-memory names; collective under ZeRO-3
+            if self.rank == 0:
+                # Writes model.safetensors under the checkpoint names (a tied head left out), config.json and
+                # generation_config.json: what vLLM and from_pretrained load. LoRA: the merged base model.
+                base = self.engine.module.get_base_model() if self.lora else self.engine.module
+                base.save_pretrained(d / "hf", state_dict=sd)
+                self.processor.save_pretrained(d / "hf")
+            del sd
+        if self.lora and self.rank == 0:
+            lora.save_adapter(self.engine.module, d / lora.ADAPTER_DIR, self.model_path)
+            self.processor.save_pretrained(d / lora.ADAPTER_DIR)
         self.engine.save_checkpoint(str(d / "deepspeed"), tag=_DS_TAG,
                                     client_state={"medr1_client_state": dict(client_state or {}),
-                                                  "medr1_optimizer_steps": self.optimizer_steps})
+                                                  "medr1_optimizer_steps": self.optimizer_steps},
+                                    exclude_frozen_parameters=self.lora)
         if self.world_size > 1:
             dist.barrier()  # every rank's shards are written before rank 0 seals them
         if self.rank == 0:
@@ -349,7 +324,8 @@ class GRPOLearner:
         if verify:
             checkpoint_manifest.verify(directory)
         path, client = self.engine.load_checkpoint(str(Path(directory) / "deepspeed"), tag=_DS_TAG,
-                                                   load_optimizer_states=True, load_lr_scheduler_states=True)
+                                                   load_optimizer_states=True, load_lr_scheduler_states=True,
+                                                   load_module_strict=not self.lora)  # LoRA: the adapter only
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint under {directory}/deepspeed")
         client = client or {}

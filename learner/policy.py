@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from learner import lora
 from learner.image_codec import decode_image
 from learner.model_family import family_of
 from learner.samples import TrainSample
@@ -196,7 +197,11 @@ def exported_parameters(model):
     """(in-memory name, checkpoint name, parameter) for every weight a checkpoint stores.
 
     Tied ``lm_head.weight`` is not stored (the saved checkpoint omits it; vLLM ties it itself).
+    Under LoRA: the base weights with the adapters merged in, under the base names (``learner/lora.py``).
     """
+    if lora.is_lora(model):
+        yield from lora.merged_parameters(model)
+        return
     tied = is_tied(model)
     names = checkpoint_name_map(model)
     for name, p in model.named_parameters():  # de-duplicated: a tied head appears once

@@ -159,6 +159,18 @@ class GRPOConfig:
 
 
 @dataclass
+class LoRAConfig:
+    """LoRA on the language model (``learner/lora.py``); pushed to vLLM merged into the base weights."""
+
+    rank: int = 0  # 0: off, full fine-tuning (the paper)
+    alpha: float = 16.0  # scale = alpha / rank
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                               "gate_proj", "up_proj", "down_proj"])
+    freeze_vision: bool = True  # adapters on the language model only (vLLM's LoRA cannot reach the vision tower)
+
+
+@dataclass
 class LearnerConfig:
     num_workers: int = 1
     resources_per_worker: Resources = field(default_factory=Resources)
@@ -174,6 +186,7 @@ class LearnerConfig:
     gradient_checkpointing: bool = False
     offload_optimizer: bool = False
     dist_backend: DistBackend = DistBackend.auto
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
 
 @dataclass
