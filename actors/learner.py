@@ -55,8 +55,8 @@ class LearnerWorker:
         return self.learner.weights_sha256()
 
     def save_checkpoint(self, directory: str, client_state: Optional[dict] = None,
-                        files: Optional[dict[str, str]] = None) -> str:
-        return self.learner.save_checkpoint(directory, client_state, files)
+                        files: Optional[dict[str, str]] = None, export_hf: Optional[bool] = None) -> str:
+        return self.learner.save_checkpoint(directory, client_state, files, export_hf)
 
     def load_checkpoint(self, directory: str, verify: bool = True) -> dict:
         return self.learner.load_checkpoint(directory, verify)

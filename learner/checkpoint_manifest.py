@@ -44,7 +44,7 @@ def is_sealed(directory: str | Path) -> bool:
     return (Path(directory) / MANIFEST).is_file()
 
 
-def seal(directory: str | Path, parts: tuple[str, ...] = ("hf", "deepspeed", "trace")) -> dict:
+def seal(directory: str | Path, parts: tuple[str, ...] = ("hf", "adapter", "deepspeed", "trace")) -> dict:
     """Write the manifest of ``parts`` (sub-directories of ``directory``; absent ones hold nothing), after
     syncing their files. ``trace/`` holds the trace store's heads at the save."""
     d = Path(directory)

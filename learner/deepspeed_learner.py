@@ -24,6 +24,9 @@ Decisions:
   ``updates_per_batch`` passes repeat that. The clipped ratio against the sampling log-probs
   keeps the later steps on the same rollouts honest (PPO-style). The LR schedule counts
   optimizer steps (total_steps * updates_per_batch * mini_batches).
+- LoRA (``learner.lora.rank > 0``, ``learner/lora.py``): PEFT adapters on the language model, the
+  rest frozen; the reference is the same module with the adapter disabled; pushes and the HF
+  export send merged weights; checkpoints hold the adapter and the trainable state only.
 - Policy weights are loaded in full on every rank and partitioned by ``deepspeed.initialize``
   (fine up to a few B parameters; a ``zero.Init`` load path would be needed for much larger models).
 """
@@ -40,7 +43,7 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
-from learner import checkpoint_atomic, checkpoint_manifest
+from learner import checkpoint_atomic, checkpoint_manifest, lora
 from learner.ds_config import build_ds_config, build_scheduler
 from learner.ds_safe_load import use_weights_only_loads
 from learner.grpo import grpo_loss
@@ -93,6 +96,12 @@ class GRPOLearner:
         model.config.use_cache = False
         if learner_cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        lora_cfg = getattr(learner_cfg, "lora", None)
+        self.lora = lora_cfg is not None and int(lora_cfg.rank) > 0
+        if self.lora:
+            model = lora.apply_lora(model, lora_cfg)
+        trainable, total = lora.trainable_counts(model)
+        self.param_counts = {"trainable": trainable, "total": total}
         model.train()
 
         self.updates_per_batch = max(1, int(grpo_cfg.updates_per_batch))
@@ -120,7 +129,7 @@ class GRPOLearner:
 
         self.ref = None
         self.beta = float(grpo_cfg.beta)
-        if self.beta > 0:
+        if self.beta > 0 and not self.lora:  # under LoRA the reference is the base: the adapter disabled
             ref = load_policy(self.model_path, dtype=dtype, attn_implementation=attn_implementation)
             ref.config.use_cache = False
             ref.requires_grad_(False)
@@ -137,8 +146,8 @@ class GRPOLearner:
             else:
                 self.ref = ref.to(device=self.device, dtype=self.compute_dtype)
         self.optimizer_steps = 0
-        log.info("GRPOLearner rank %d/%d: ZeRO-%d, backend %s, ds_config %s", self.rank, self.world_size,
-                 self.stage, backend, json.dumps(ds_config))
+        log.info("GRPOLearner rank %d/%d: ZeRO-%d, backend %s, %d of %d parameters trained, ds_config %s",
+                 self.rank, self.world_size, self.stage, backend, trainable, total, json.dumps(ds_config))
 
     # ------------------------------------------------------------------ helpers
     def _all_reduce(self, t: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
@@ -152,6 +161,18 @@ class GRPOLearner:
         if not grads:
             return None
         return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
+
+    def _ref_logprobs(self, b) -> torch.Tensor:
+        if self.ref is not None:
+            return completion_logprobs(self.ref, b, self.temperature)[0]
+        module = self.engine.module  # LoRA: the base model is the reference, no second copy
+        was_training = module.training
+        module.eval()
+        try:
+            with module.disable_adapter():
+                return completion_logprobs(module, b, self.temperature)[0]
+        finally:
+            module.train(was_training)
 
     def _batch(self, samples):
         b = build_inputs(self.processor, samples, self.pad_id)
@@ -193,10 +214,10 @@ class GRPOLearner:
         batches = [self._batch(c) for c, _ in micro]
 
         ref_logps: list[Optional[torch.Tensor]] = [None] * len(batches)
-        if self.ref is not None:
+        if self.beta > 0:
             with torch.no_grad():
                 for i, b in enumerate(batches):
-                    ref_logps[i], _ = completion_logprobs(self.ref, b, self.temperature)
+                    ref_logps[i] = self._ref_logprobs(b)
 
         sums: dict[str, float] = {}
         wsum = 0.0
@@ -267,26 +288,34 @@ class GRPOLearner:
         return weights_digest((ck, t) for _, ck, t in self._gathered_params())
 
     def save_checkpoint(self, directory: str, client_state: Optional[dict] = None,
-                        files: Optional[dict[str, str]] = None) -> str:
+                        files: Optional[dict[str, str]] = None, export_hf: Optional[bool] = None) -> str:
         """``dir/hf`` (safetensors + config + processor, rank 0) and ``dir/deepspeed`` (engine state). Collective.
-        ``files``: small text files (relative path -> text) sealed with it, e.g. the trace heads.
 
+        Under LoRA ``dir/adapter`` holds the adapter, ``dir/deepspeed`` only the trainable state, and
+        ``dir/hf`` (the merged model) is written only when ``export_hf`` (default: without LoRA only).
+        ``files``: small text files (relative path -> text) sealed with it, e.g. the trace heads.
         Written into a staging sibling, sealed, then renamed to ``dir`` (``learner.checkpoint_atomic``):
         a crash or a full disk mid-save leaves the previous checkpoints as they were."""
         d = Path(directory)
+        export_hf = (not self.lora) if export_hf is None else bool(export_hf)
         stage = self._staging(d)
         try:
-            sd = {name: t for name, _, t in self._gathered_params()}  # in-memory names; collective under ZeRO-3
-            if self.rank == 0:
-                hf = stage / "hf"
-                # Writes model.safetensors under the checkpoint names (model.*, visual.*; a tied head left out),
-                # config.json and generation_config.json: what vLLM and from_pretrained load.
-                self.engine.module.save_pretrained(hf, state_dict=sd)
-                self.processor.save_pretrained(hf)
-            del sd
+            if export_hf:
+                sd = {name: t for name, _, t in self._gathered_params()}  # in-memory names; collective under ZeRO-3
+                if self.rank == 0:
+                    # Writes model.safetensors under the checkpoint names (a tied head left out), config.json and
+                    # generation_config.json: what vLLM and from_pretrained load. LoRA: the merged base model.
+                    base = self.engine.module.get_base_model() if self.lora else self.engine.module
+                    base.save_pretrained(stage / "hf", state_dict=sd)
+                    self.processor.save_pretrained(stage / "hf")
+                del sd
+            if self.lora and self.rank == 0:
+                lora.save_adapter(self.engine.module, stage / lora.ADAPTER_DIR, self.model_path)
+                self.processor.save_pretrained(stage / lora.ADAPTER_DIR)
             self.engine.save_checkpoint(str(stage / "deepspeed"), tag=_DS_TAG,
                                         client_state={"medr1_client_state": dict(client_state or {}),
-                                                      "medr1_optimizer_steps": self.optimizer_steps})
+                                                      "medr1_optimizer_steps": self.optimizer_steps},
+                                        exclude_frozen_parameters=self.lora)
             if self.rank == 0:  # readable (and sealed) without loading the engine: what the driver checks first
                 (stage / "deepspeed" / CLIENT_STATE).write_text(json.dumps(client_state or {}, default=str))
                 for rel, text in (files or {}).items():
@@ -322,7 +351,8 @@ class GRPOLearner:
         if verify:
             checkpoint_manifest.verify(directory)
         path, client = self.engine.load_checkpoint(str(Path(directory) / "deepspeed"), tag=_DS_TAG,
-                                                   load_optimizer_states=True, load_lr_scheduler_states=True)
+                                                   load_optimizer_states=True, load_lr_scheduler_states=True,
+                                                   load_module_strict=not self.lora)  # LoRA: the adapter only
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint under {directory}/deepspeed")
         client = client or {}

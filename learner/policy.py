@@ -1,4 +1,8 @@
-"""Qwen2-VL policy helpers: load, batch ``TrainSample``s, completion log-probs, vLLM weight names.
+"""Qwen-VL policy helpers: load, batch ``TrainSample``s, completion log-probs, vLLM weight names.
+
+Every family (``learner/model_family.py``) goes through the same code: the auto classes load
+the class the checkpoint's config names, and each model computes its own M-RoPE positions
+from ``input_ids``, ``image_grid_thw``, ``mm_token_type_ids`` and the attention mask.
 
 Batches are RIGHT-padded: row i is ``prompt_i (image pads expanded) + completion_i + pad``.
 Only the logits that predict completion tokens are materialised: the model is asked for
@@ -11,10 +15,13 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
-from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from learner import lora
 from learner.image_codec import decode_image
+from learner.model_family import family_of
 from learner.samples import TrainSample
+from learner.weight_names import checkpoint_names
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
            "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -44,7 +51,9 @@ def vision_token_ids(tokenizer) -> list[int]:
 
 
 def load_policy(path: str, dtype="float32", attn_implementation: str = "sdpa"):
-    return Qwen2VLForConditionalGeneration.from_pretrained(
+    """The checkpoint's own ``*ForConditionalGeneration`` class; a family we do not support is refused."""
+    family_of(path)  # before the load: a clear error instead of a failed or wrong load
+    return AutoModelForImageTextToText.from_pretrained(
         path, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation, trust_remote_code=False,
         use_safetensors=True)  # never unpickle a .bin beside (or instead of) the safetensors
 
@@ -165,16 +174,16 @@ def completion_logprobs(model, batch: dict[str, torch.Tensor], temperature: floa
 
 
 # -----------------------------------------------------------------------------
-# names: transformers 5 in-memory -> checkpoint / vLLM
+# names: in-memory -> checkpoint / vLLM
 
 
-def checkpoint_name(name: str) -> str:
-    """``model.language_model.X`` -> ``model.X``; ``model.visual.X`` -> ``visual.X``; others unchanged."""
-    if name.startswith("model.language_model."):
-        return "model." + name[len("model.language_model."):]
-    if name.startswith("model.visual."):
-        return "visual." + name[len("model.visual."):]
-    return name
+def checkpoint_name_map(model) -> dict[str, str]:
+    """In-memory name -> checkpoint name for every parameter (``learner/weight_names.py``), computed once."""
+    cached = getattr(model, "_medr1_checkpoint_names", None)
+    if cached is None:
+        cached = checkpoint_names(model, [n for n, _ in model.named_parameters()])
+        model._medr1_checkpoint_names = cached
+    return cached
 
 
 def is_tied(model) -> bool:
@@ -189,10 +198,15 @@ def exported_parameters(model):
     """(in-memory name, checkpoint name, parameter) for every weight a checkpoint stores.
 
     Tied ``lm_head.weight`` is not stored (the saved checkpoint omits it; vLLM ties it itself).
+    Under LoRA: the base weights with the adapters merged in, under the base names (``learner/lora.py``).
     """
+    if lora.is_lora(model):
+        yield from lora.merged_parameters(model)
+        return
     tied = is_tied(model)
+    names = checkpoint_name_map(model)
     for name, p in model.named_parameters():  # de-duplicated: a tied head appears once
-        ck = checkpoint_name(name)
+        ck = names[name]
         if tied and ck == "lm_head.weight":
             continue
         yield name, ck, p

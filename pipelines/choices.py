@@ -8,6 +8,7 @@ from __future__ import annotations
 import enum
 
 from learner.grpo_options import AdvantageScale, KLEstimator, LossAgg, RatioLevel  # noqa: F401  (the GRPO math owns them)
+from learner.model_family import ModelFamily  # noqa: F401  (the learner's family table owns it)
 
 
 class PromptStyle(enum.StrEnum):

@@ -25,6 +25,13 @@ def validate(cfg: Any) -> None:
         problems.append("reward.num_workers must be >= 1")
     if cfg.learner.zero_stage not in (0, 1, 2, 3):
         problems.append(f"learner.zero_stage must be one of 0, 1, 2, 3 (got {cfg.learner.zero_stage})")
+    lora = cfg.learner.lora
+    if lora.rank < 0 or lora.alpha <= 0 or not (0.0 <= lora.dropout < 1.0) or (lora.rank and not lora.target_modules):
+        problems.append("learner.lora: rank >= 0 (0 = off), alpha > 0, dropout in [0, 1) and target_modules non-empty")
+    if lora.rank > 0 and cfg.learner.zero_stage == 3:
+        # The merged push computes W + scale * B @ A per layer from full tensors; ZeRO-3 partitions them.
+        problems.append("learner.lora.rank > 0 needs learner.zero_stage <= 2 (the adapter is small; ZeRO-2 shards "
+                        "its optimizer state)")
     if not (0.0 <= cfg.grpo.clip_low < 1.0) or cfg.grpo.clip_high < 0.0:
         problems.append("grpo.clip_low must be in [0, 1) and grpo.clip_high >= 0")
     if cfg.grpo.beta < 0 or cfg.grpo.kl_clamp < 0:

@@ -15,6 +15,7 @@ from pipelines.choices import (
     KLEstimator,
     LossAgg,
     LRSchedule,
+    ModelFamily,
     OnBadRecord,
     OptionOrder,
     Placement,
@@ -39,8 +40,9 @@ class Resources:
 
 @dataclass
 class TinyModelConfig:
-    """Dimensions of the locally built Qwen2-VL (head_dim 64: the vLLM CPU attention needs it)."""
+    """Dimensions of the locally built Qwen-VL (head_dim 64: the vLLM CPU attention needs it)."""
 
+    family: ModelFamily = ModelFamily.qwen2_vl  # which generation `build_tiny_if_missing` builds
     seed: int = 0
     vocab_size: int = 2048
     hidden_size: int = 256
@@ -157,6 +159,18 @@ class GRPOConfig:
 
 
 @dataclass
+class LoRAConfig:
+    """LoRA on the language model (``learner/lora.py``); pushed to vLLM merged into the base weights."""
+
+    rank: int = 0  # 0: off, full fine-tuning (the paper)
+    alpha: float = 16.0  # scale = alpha / rank
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                               "gate_proj", "up_proj", "down_proj"])
+    freeze_vision: bool = True  # adapters on the language model only (vLLM's LoRA cannot reach the vision tower)
+
+
+@dataclass
 class LearnerConfig:
     num_workers: int = 1
     resources_per_worker: Resources = field(default_factory=Resources)
@@ -172,6 +186,7 @@ class LearnerConfig:
     gradient_checkpointing: bool = False
     offload_optimizer: bool = False
     dist_backend: DistBackend = DistBackend.auto
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
 
 @dataclass

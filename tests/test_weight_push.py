@@ -1,6 +1,7 @@
 """Push correctness: after a GRPO update is pushed into the running vLLM engine,
 vLLM's greedy continuation equals the learner's own HF greedy continuation, and
-differs from what the engine produced before the push."""
+differs from what the engine produced before the push. Under LoRA the push carries the
+merged weights and the learner generates through PEFT with the adapter active."""
 from __future__ import annotations
 
 import os
@@ -13,7 +14,8 @@ from tests.conftest import noise_png
 pytestmark = pytest.mark.slow
 
 
-def test_push_makes_vllm_match_learner(tiny_model_dir, rollout_worker, ray_session):
+@pytest.mark.parametrize("lora_rank", [0, 8], ids=["full", "lora8"])
+def test_push_makes_vllm_match_learner(tiny_model_dir, rollout_worker, ray_session, lora_rank):
     from omegaconf import OmegaConf
     from transformers import AutoTokenizer
 
@@ -25,7 +27,8 @@ def test_push_makes_vllm_match_learner(tiny_model_dir, rollout_worker, ray_sessi
 
     ray = ray_session
     cfg = OmegaConf.structured(MedR1Config)
-    cfg.learner.lr = 5e-3
+    cfg.learner.lr = 5e-3 if not lora_rank else 2e-2  # LoRA's B starts at 0: a larger step to move the greedy
+    cfg.learner.lora.rank = lora_rank
     cfg.learner.micro_batch_size = 8
     cfg.grpo.beta = 0.0
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)

@@ -1,5 +1,5 @@
 """`medr1 evaluate --model DIR --data PREPARED`: the paper's held-out evaluation of any
-HF-format Qwen2-VL directory on a prepared dataset, on R vLLM rollout actors."""
+HF-format Qwen-VL directory (any supported family) on a prepared dataset, on R vLLM rollout actors."""
 from __future__ import annotations
 
 import argparse
@@ -12,9 +12,9 @@ from pipelines.errors import UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="greedy held-out evaluation (paper scoring) of a Qwen2-VL model on R "
+    p = sub.add_parser("evaluate", help="greedy held-out evaluation (paper scoring) of a Qwen-VL model on R "
                                         "vLLM actors")
-    p.add_argument("--model", required=True, help="HF-format Qwen2-VL directory")
+    p.add_argument("--model", required=True, help="HF-format Qwen-VL directory (Qwen2-VL, Qwen2.5-VL or Qwen3-VL)")
     p.add_argument("--data", required=True, help="prepared dataset directory (medr1 prepare-data)")
     p.add_argument("--split", default="test")
     p.add_argument("--out", help="output directory (default: outputs/eval/<model dir name>-<split>)")

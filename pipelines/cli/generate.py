@@ -12,7 +12,7 @@ from pipelines.prompts import chat_prompt
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="sample G completions for an image + question through vLLM")
-    p.add_argument("--model", required=True, help="HF-format Qwen2-VL directory")
+    p.add_argument("--model", required=True, help="HF-format Qwen-VL directory (Qwen2-VL, Qwen2.5-VL or Qwen3-VL)")
     p.add_argument("--image", help="image file (default: a drawn test pattern)")
     p.add_argument("--question", default="What imaging modality is shown?")
     p.add_argument("--options", nargs="+", default=["CT", "MRI", "X-ray", "OCT"])

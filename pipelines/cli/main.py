@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES = [
     "pipelines.cli.train",
     "pipelines.cli.sft",
     "pipelines.cli.evaluate",
+    "pipelines.cli.export",
     "pipelines.cli.protocol",
     "pipelines.cli.trace",
     "pipelines.cli.submit",

@@ -1,4 +1,4 @@
-"""The paper's held-out evaluation of an HF-format Qwen2-VL directory (``medr1 evaluate``)
+"""The paper's held-out evaluation of an HF-format Qwen-VL directory (``medr1 evaluate``)
 or of the live policy during training, greedy, sharded over R vLLM rollout actors.
 
 Writes ``OUT/eval.json`` (metrics + model, data, split, weight_version),

@@ -1,1 +1,1 @@
-"""Models built locally: the tiny Qwen2-VL the default run and the tests train."""
+"""Models built locally: the tiny Qwen-VL replicas the default run and the tests train."""

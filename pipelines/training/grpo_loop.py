@@ -121,7 +121,7 @@ class GRPOTrainer:
                 self.save(self.out / "checkpoints" / f"step_{self.step}")
         bar.close()
         summary["after"] = self.evaluate(tag="after")
-        final = self.save(self.out / "checkpoints" / "final")
+        final = self.save(self.out / "checkpoints" / "final", export_hf=True)  # LoRA too: the merged model
         summary["final_checkpoint"] = str(final)
         summary["final_model"] = str(final / "hf")
         summary["minutes"] = (time.perf_counter() - t_start) / 60
@@ -340,7 +340,7 @@ class GRPOTrainer:
         log.info("eval %s (step %d): accuracy %.3f on %d", tag, self.step, res["overall"]["accuracy"], res["n"])
         return brief
 
-    def save(self, directory: Path) -> Path:
+    def save(self, directory: Path, export_hf: bool | None = None) -> Path:
         # Batches already sampling (async mode) are not trained yet: the checkpoint's cursor points before them.
         cursor = self._inflight[0].cursor_before if self._inflight else self.cursor.to_dict()
         state = {"step": self.step, "weight_version": self.weight_version, "cursor": cursor,
@@ -351,7 +351,8 @@ class GRPOTrainer:
         if self.tr:  # sealed with the checkpoint: the trace heads of the rows it was trained on up to here
             state["trace_heads"], files = self.tr.checkpoint_files()
         self._guard_learner_call(f"saving {directory}",
-                                 lambda: self.ctx.learners.call_all("save_checkpoint", str(directory), state, files)[0])
+                                 lambda: self.ctx.learners.call_all("save_checkpoint", str(directory), state, files,
+                                                                    export_hf)[0])
         self.last_checkpoint = str(directory)
         for old in prune(self.out, self.cfg.trainer.keep_last_n):
             log.info("trainer.keep_last_n=%d: removed %s", self.cfg.trainer.keep_last_n, old)

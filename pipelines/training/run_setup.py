@@ -41,7 +41,7 @@ def ensure_model(cfg) -> str:
     if is_model_dir(path):
         return str(path)
     if cfg.model.build_tiny_if_missing:
-        log.info("building the tiny Qwen2-VL into %s", path)
+        log.info("building the tiny %s into %s", cfg.model.tiny.family, path)
         build_tiny_model(path, cfg.model.tiny, cfg.model.min_pixels, cfg.model.max_pixels)
         return str(path)
     if path.exists() or str(path).startswith(("/", ".")):

@@ -78,7 +78,8 @@ def run_sft(cfg, model_path: str, records: list, out_dir: str, *, target: str, e
                 batch, order = [samples[i] for i in order[:bs]], order[bs:]
                 m = group.train_step(batch)
                 f.write(json.dumps({"step": step + 1, **m}, default=float) + "\n")
-        group.call_all("save_checkpoint", str(out), {"sft_target": target, "steps": steps})
+        # export_hf: the SFT model is a plain HF model (merged under LoRA): a run or `medr1 evaluate` starts from it.
+        group.call_all("save_checkpoint", str(out), {"sft_target": target, "steps": steps}, None, True)
     finally:
         group.shutdown()
     log.info("SFT (%s): %d steps in %.1f min -> %s", target, steps, (time.perf_counter() - t0) / 60, out / "hf")
