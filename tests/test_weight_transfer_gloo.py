@@ -88,15 +88,18 @@ def test_gloo_push_restart_and_dead_peer(ray_session, tiny_model_dir, gloo_engin
         assert after[0][:4] == learner[:4] and after[1][:4] == learner[:4], (after, learner)
 
         # Killed between pushes: Ray restarts it on the base weights; it rejoins and is verified.
+        old_pid = ray.get(workers[1].ready.remote())["pid"]
         ray.kill(workers[1], no_restart=False)
         deadline = time.monotonic() + 300
-        while True:
+        while True:  # until the restarted process answers (the old one may answer once more while dying)
             try:
-                ray.get(workers[1].ready.remote(), timeout=10)
-                break
-            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-                assert time.monotonic() < deadline, "rollout actor not restarted"
-                time.sleep(2)
+                if ray.get(workers[1].ready.remote(), timeout=10)["pid"] != old_pid:
+                    break
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
+                    ray.exceptions.GetTimeoutError):
+                pass
+            assert time.monotonic() < deadline, "rollout actor not restarted"
+            time.sleep(2)
         assert ray.get(workers[1].get_weight_version.remote()) == 0
         sync.rejoin(group, workers, workers[1], 1)
         assert ray.get(workers[1].get_weight_version.remote()) == 1
