@@ -72,6 +72,14 @@ def _gloo_group(host: str, port: int, rank: int, world_size: int, timeout_s: flo
         host, port, rank, world_size, backend="gloo", timeout=timedelta(seconds=timeout_s))
 
 
+def _destroy(group) -> None:
+    """Shut a stateless gloo group down (both ends do, before a group is re-formed)."""
+    if group is not None:
+        from vllm.distributed.utils import stateless_destroy_torch_distributed_process_group
+
+        stateless_destroy_torch_distributed_process_group(group)
+
+
 def _broadcast(group, tensor: torch.Tensor) -> None:
     opts = torch.distributed.BroadcastOptions()
     opts.rootRank = 0
@@ -182,11 +190,7 @@ class GlooWeightTransferEngine(_Recording, WeightTransferEngine[GlooInitInfo, Te
                                                   [sizes[i] for i in chunk]))
 
     def shutdown(self) -> None:
-        if self.group is not None:
-            from vllm.distributed.utils import stateless_destroy_torch_distributed_process_group
-
-            stateless_destroy_torch_distributed_process_group(self.group)
-            self.group = None
+        self.group = _destroy(self.group)
 
 
 @dataclass
@@ -250,11 +254,7 @@ class GlooTrainerWeightTransferEngine(TrainerWeightTransferEngine[GlooTrainerIni
         self.client.finish_weight_update()
 
     def shutdown(self) -> None:
-        if self.group is not None:
-            from vllm.distributed.utils import stateless_destroy_torch_distributed_process_group
-
-            stateless_destroy_torch_distributed_process_group(self.group)
-            self.group = None
+        self.group = _destroy(self.group)
 
 
 # -------------------------------------------------------------- stream ----
