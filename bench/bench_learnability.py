@@ -42,7 +42,9 @@ def targets():
             "modality": lambda r: MODALITIES.index(r.modality) % 4}
 
 
-def train_one(model_dir: str, train, test, target, steps: int, batch: int, lr: float, every: int, seed: int):
+def train_one(model_dir: str, train, test, target, steps: int, batch: int, lr: float, every: int, seed: int,
+              by_type: dict | None = None):
+    """Held-out accuracy curve {step: acc}; ``by_type`` (if given) gets the final accuracy per question type."""
     import torch
     from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
 
@@ -66,10 +68,14 @@ def train_one(model_dir: str, train, test, target, steps: int, batch: int, lr: f
     def accuracy():
         model.eval()
         with torch.no_grad():
-            hits = sum(int(p == target(r)) for i in range(0, len(test), 32)
-                       for p, r in zip(logits(test[i:i + 32]).argmax(1).tolist(), test[i:i + 32]))
+            hits = [int(p == target(r)) for i in range(0, len(test), 32)
+                    for p, r in zip(logits(test[i:i + 32]).argmax(1).tolist(), test[i:i + 32])]
         model.train()
-        return hits / len(test)
+        if by_type is not None:
+            for q in {r.question_type for r in test}:
+                got = [h for h, r in zip(hits, test) if r.question_type == q]
+                by_type[q] = sum(got) / len(got)
+        return sum(hits) / len(test)
 
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     curve = {0: accuracy()}
@@ -85,6 +91,37 @@ def train_one(model_dir: str, train, test, target, steps: int, batch: int, lr: f
     return curve
 
 
+def build_bases(tmp: str, model: str | None, pretrain_steps: int, pretrain_per_cell: int) -> dict[str, str]:
+    """{"random": dir} (or the given --model), plus {"captioned": dir} when ``pretrain_steps`` > 0."""
+    from omegaconf import OmegaConf
+
+    from pipelines.config import CaptionPretrainConfig, TinyModelConfig
+    from pipelines.models.base_build import build_base
+
+    tiny = OmegaConf.structured(TinyModelConfig)
+    bases = {"random": model} if model else {}
+    if not model:
+        bases["random"] = str(build_base(Path(tmp) / "random", tiny, OmegaConf.structured(CaptionPretrainConfig),
+                                         min_pixels=3136, max_pixels=112 * 112))
+    if pretrain_steps > 0:
+        pre = OmegaConf.structured(CaptionPretrainConfig)
+        pre.enabled, pre.steps, pre.per_cell = True, pretrain_steps, pretrain_per_cell
+        t0 = time.perf_counter()
+        bases["captioned"] = str(build_base(Path(tmp) / "captioned", tiny, pre, min_pixels=3136,
+                                            max_pixels=112 * 112))
+        print(f"caption pretraining: {pretrain_steps} steps in {(time.perf_counter() - t0) / 60:.1f} min")
+    return bases
+
+
+def caption_perception(model_dir: str, n_per_cell: int = 3) -> dict[str, float]:
+    """Share of the base's own captions of unseen pool images that name the drawn fact, per question type."""
+    from pipelines.data.captions import build_caption_pool
+    from pipelines.models.pretrain import describe, perception_by_type
+
+    held = build_caption_pool(seed=424242, per_cell=n_per_cell)  # neither the benchmark nor the training pool
+    return perception_by_type(describe(model_dir, [h.image for h in held], progress=False), held)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="HF Qwen2-VL dir (default: build the tiny model in a temp dir)")
@@ -97,6 +134,10 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--question-types", default="", help="comma-separated subset (default: all five)")
     ap.add_argument("--option-order", default="shuffled", choices=["shuffled", "fixed", "canonical"])
+    ap.add_argument("--targets", default="answer,class,modality", help="comma-separated subset of the targets")
+    ap.add_argument("--pretrain-steps", type=int, default=0,
+                    help="> 0: also caption-pretrain a copy of the base this many steps and train both side by side")
+    ap.add_argument("--pretrain-per-cell", type=int, default=40, help="caption pool images per cell")
     args = ap.parse_args()
 
     from tqdm import tqdm
@@ -107,29 +148,39 @@ def main() -> int:
     wanted = {q.strip() for q in args.question_types.split(",") if q.strip()}
     train, test = ([r for r in splits[k] if not wanted or r.question_type in wanted] for k in ("train", "test"))
     test = test[:: max(1, len(test) // args.test)][: args.test]
+    chosen = [t.strip() for t in args.targets.split(",") if t.strip()]
+    curves, seconds, by_type, perception = {}, {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = args.model
-        if model_dir is None:
-            from omegaconf import OmegaConf
-
-            from pipelines.config import TinyModelConfig
-            from pipelines.models.tiny import build_tiny_model
-
-            model_dir = str(Path(tmp) / "tiny")
-            build_tiny_model(model_dir, OmegaConf.structured(TinyModelConfig), max_pixels=112 * 112)
-        curves, seconds = {}, {}
-        for name, target in tqdm(list(targets().items()), desc="targets", unit="target"):
+        bases = build_bases(tmp, args.model, args.pretrain_steps, args.pretrain_per_cell)
+        runs = [(b, t) for b in bases for t in chosen]
+        for base, name in tqdm(runs, desc="targets", unit="target"):
+            col = name if len(bases) == 1 else f"{name}/{base}"
             t0 = time.perf_counter()
-            curves[name] = train_one(model_dir, train, test, target, args.steps, args.batch, args.lr, args.every,
-                                     args.seed)
-            seconds[name] = time.perf_counter() - t0
+            by_type[col] = {}
+            curves[col] = train_one(bases[base], train, test, targets()[name], args.steps, args.batch, args.lr,
+                                    args.every, args.seed, by_type=by_type[col])
+            seconds[col] = time.perf_counter() - t0
+        if "captioned" in bases:
+            perception = {b: caption_perception(d) for b, d in bases.items()}
 
     print(f"\nheld-out accuracy (n={len(test)}), letter-only supervised, batch {args.batch}, lr {args.lr}")
     names = list(curves)
-    print(f"{'step':>6}" + "".join(f"{n:>12}" for n in names))
+    w = max(12, max(len(n) for n in names) + 2)
+    print(f"{'step':>6}" + "".join(f"{n:>{w}}" for n in names))
     for s in sorted(curves[names[0]]):
-        print(f"{s:>6}" + "".join(f"{curves[n][s]:>12.3f}" for n in names))
-    print(f"{'secs':>6}" + "".join(f"{seconds[n]:>12.0f}" for n in names))
+        print(f"{s:>6}" + "".join(f"{curves[n][s]:>{w}.3f}" for n in names))
+    print(f"{'secs':>6}" + "".join(f"{seconds[n]:>{w}.0f}" for n in names))
+    print(f"\nafter {args.steps} steps, by question type (n per type in parentheses)")
+    qtypes = sorted({r.question_type for r in test})
+    counts = {q: sum(r.question_type == q for r in test) for q in qtypes}
+    print(f"{'question type':<34}" + "".join(f"{n:>{w}}" for n in names))
+    for q in qtypes:
+        print(f"{q + f' ({counts[q]})':<34}" + "".join(f"{by_type[n].get(q, 0):>{w}.3f}" for n in names))
+    if perception:
+        print("\nthe base's own caption names the drawn fact (unseen pool images, 24 per type)")
+        print(f"{'question type':<34}" + "".join(f"{b:>{w}}" for b in perception))
+        for q in qtypes:
+            print(f"{q:<34}" + "".join(f"{perception[b].get(q, 0):>{w}.3f}" for b in perception))
     return 0
 
 

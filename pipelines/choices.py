@@ -90,6 +90,11 @@ class WandbMode(enum.StrEnum):
     online = "online"  # needs the network and a W&B login
 
 
+class WarmstartReasoning(enum.StrEnum):
+    fixed = "fixed"  # sft.reasoning, the same sentence for every record
+    own_caption = "own_caption"  # the base model's own description of the image (its words, no labels)
+
+
 class SFTTarget(enum.StrEnum):
     answer = "answer"  # the ground-truth letter: the paper's SFT baseline
     format = "format"  # a random option letter: the format warm-start

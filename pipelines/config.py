@@ -22,6 +22,7 @@ from omegaconf.errors import (
 
 from pipelines.config_checks import validate
 from pipelines.config_schema import (  # noqa: F401  (re-exported: the schema is imported from here)
+    CaptionPretrainConfig,
     ClusterConfig,
     DataConfig,
     EvalConfig,

@@ -26,6 +26,7 @@ from pipelines.choices import (
     Tracker,
     VerifyWhen,
     WandbMode,
+    WarmstartReasoning,
 )
 
 
@@ -57,10 +58,24 @@ class TinyModelConfig:
 
 
 @dataclass
+class CaptionPretrainConfig:
+    """Perception pretraining of the built tiny model (``pipelines/models/pretrain.py``): next-token
+    captioning on a separate pool of synthetic images (other seeds; no benchmark image or question)."""
+
+    enabled: bool = False
+    seed: int = 1000
+    per_cell: int = 40  # pool images per (modality, question type) scene kind
+    steps: int = 600
+    batch_size: int = 16
+    lr: float = 1.0e-3
+
+
+@dataclass
 class ModelConfig:
     path: str = "outputs/tiny-qwen2vl"
     build_tiny_if_missing: bool = True
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    pretrain: CaptionPretrainConfig = field(default_factory=CaptionPretrainConfig)  # with build_tiny_if_missing
     dtype: DType = DType.float32
     attn_implementation: str = "sdpa"  # flash_attention_2 on GPUs
     trust_remote_code: bool = False
@@ -267,6 +282,8 @@ class SFTConfig:
     warmstart_dir: str = ""
     warmstart_epochs: float = 2.0
     warmstart_lr: float = 1e-3
+    # The warm-start's <think> text: a fixed sentence, or the base model's own description of each image.
+    warmstart_reasoning: WarmstartReasoning = WarmstartReasoning.fixed
 
 
 @dataclass

@@ -47,6 +47,17 @@ def _print_summary(summary: dict) -> None:
             for name, a in after.get(key, {}).items():
                 b = before.get(key, {}).get(name, {}).get("accuracy", float("nan"))
                 print(f"    {name:<30} {b:.3f} -> {a['accuracy']:.3f}  (n={a['n']})")
+        fb, fa = before.get("faithfulness"), after.get("faithfulness")
+        if fb and fa:  # the auditable link between reasoning and answer (rewards/faithfulness.py)
+            print(f"  reasoning names the chosen option, of correct answers: {fb['faithful_correct']:.3f} -> "
+                  f"{fa['faithful_correct']:.3f} (n={fb['n_correct']} -> {fa['n_correct']})")
+            print(f"  reasoning names another option, of wrong answers:     {fb['other_named_wrong']:.3f} -> "
+                  f"{fa['other_named_wrong']:.3f} (n={fb['n_wrong']} -> {fa['n_wrong']})")
+    if summary.get("examples"):
+        from pipelines.evaluation.examples import format_examples
+
+        print(f"\n{len(summary['examples'])} held-out completions after training:")
+        print(format_examples(summary["examples"]))
     print(f"minutes: {summary.get('minutes', 0):.1f}")
     out = summary.get("output_dir")
     print(f"outputs in {out}: metrics.jsonl, traces/, checkpoints/, summary.json, reward_curve.png")

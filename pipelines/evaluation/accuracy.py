@@ -19,6 +19,7 @@ import math
 from collections import defaultdict
 from typing import Iterable, Optional
 
+from pipelines.evaluation.examples import rows_faithfulness
 from rewards import extract_eval_answer, get_reward
 
 GROUP_KEYS = {"by_modality": "modality", "by_question_type": "question_type", "by_source": "source"}
@@ -79,6 +80,7 @@ def summarize(rows: list[dict], skipped: Optional[list[dict]] = None, seconds: f
     out["unparsable"] = sum(1 for r in rows if not r.get("predicted"))
     out["skipped"] = {"count": len(skipped), "records": skipped}
     out["n"] = n
+    out["faithfulness"] = rows_faithfulness(rows)
     out["tokens"] = int(sum(max(0, int(r.get("completion_tokens") or 0)) for r in rows))
     out["seconds"] = float(seconds)
     out["prompts_per_s"] = (n / seconds) if seconds > 0 else 0.0

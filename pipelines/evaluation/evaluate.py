@@ -32,6 +32,7 @@ from pipelines.config import REPO_ROOT, load_config
 from pipelines.data.store import load_prepared
 from pipelines.errors import UserError
 from pipelines.evaluation.accuracy import score_completion, summarize, worst_examples
+from pipelines.evaluation.examples import pick_examples
 from pipelines.evaluation.report import plot_accuracy_bars, print_eval_table
 from pipelines.launch import connect_ray, start_eval_workers
 from pipelines.models.checks import refuse_unsafe_model
@@ -306,4 +307,5 @@ def evaluate_records(workers: list, records: list, *, tokenizer, max_new_tokens:
     metrics["weight_version"] = int(weight_version)
     metrics["step"] = int(step)
     metrics["reissued"] = int(stats.get("eval_reissued", 0))
+    metrics["examples"] = pick_examples(rows, 10)
     return metrics

@@ -34,6 +34,7 @@ from pipelines.data.cursor import DataCursor
 from pipelines.errors import RunStopped
 from pipelines.evaluation.accuracy import FORMAT_REWARD
 from pipelines.evaluation.evaluate import evaluate_records, select_records
+from pipelines.evaluation.examples import sampled_faithfulness
 from pipelines.training.checkpoints import prune, resolve_resume, run_settings, tidy
 from pipelines.training.dynamic_sampling import fill_live_groups
 from pipelines.training.metrics import MetricsLog, plot_run_curve, read_metrics, timer
@@ -121,6 +122,7 @@ class GRPOTrainer:
                 self.save(self.out / "checkpoints" / f"step_{self.step}")
         bar.close()
         summary["after"] = self.evaluate(tag="after")
+        summary["examples"] = self.examples
         final = self.save(self.out / "checkpoints" / "final", export_hf=True)  # LoRA too: the merged model
         summary["final_checkpoint"] = str(final)
         summary["final_model"] = str(final / "hf")
@@ -223,6 +225,7 @@ class GRPOTrainer:
             queue_depth=queue_depth,
             weight_version_lag=self._staleness([sp.version for sp in kept]),
             **{f"reward_{name}": _mean([x[name] for x in comps]) for name in (comps[0] if comps else {})},
+            **sampled_faithfulness(kept),  # does the sampled <think> name the option its answer chose
             **adv_stats,
         )
         with timer(timings, "time_learner"):
@@ -331,8 +334,9 @@ class GRPOTrainer:
                                weights_sha256=self.tr.weights_sha256(self.weight_version) if self.tr else "",
                                pool=ctx.rollout)  # a rollout actor dying mid-evaluation: its prompts re-issued
         brief = {k: res[k] for k in ("overall", "by_modality", "by_question_type", "format_rate", "unparsable", "n",
-                                     "reissued")
+                                     "reissued", "faithfulness")
                  if k in res}
+        self.examples = res.get("examples", [])  # a few held-out completions, printed at the end of the run
         evals_path = self.out / "evals.jsonl"
         with evals_path.open("a") as f:
             f.write(json.dumps({"tag": tag, "step": self.step, "weight_version": self.weight_version, **brief},

@@ -27,10 +27,11 @@ from pipelines.data.synthetic import prepare_synthetic
 from pipelines.errors import UserError
 from pipelines.launch import REWARD_WORKER_CPUS, connect_ray, engine_kwargs, resource_plan, rollout_env
 from pipelines.models.checks import refuse_unsafe_model
-from pipelines.models.tiny import build_tiny_model, is_model_dir
+from pipelines.models.base_build import build_base, check_cached_base
+from pipelines.models.tiny import is_model_dir
 from pipelines.prompts import chat_prompt
 from pipelines.traces import trace_row
-from pipelines.training.sft import run_sft
+from pipelines.training.sft import own_reasonings, run_sft
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,13 @@ def ensure_model(cfg) -> str:
     path = Path(cfg.model.path)
     refuse_unsafe_model(path, cfg.model.trust_remote_code)
     if is_model_dir(path):
+        if cfg.model.build_tiny_if_missing:
+            check_cached_base(path, cfg.model.pretrain)
         return str(path)
     if cfg.model.build_tiny_if_missing:
         log.info("building the tiny %s into %s", cfg.model.tiny.family, path)
-        build_tiny_model(path, cfg.model.tiny, cfg.model.min_pixels, cfg.model.max_pixels)
+        build_base(path, cfg.model.tiny, cfg.model.pretrain, min_pixels=cfg.model.min_pixels,
+                   max_pixels=cfg.model.max_pixels, progress=cfg.logging.progress)
         return str(path)
     if path.exists() or str(path).startswith(("/", ".")):
         raise UserError(f"model.path '{path}' is not an HF model directory (no config.json + *.safetensors)")
@@ -109,19 +113,20 @@ def ensure_warmstart(cfg, model_path: str, train: list) -> str:
     hf, record = d / "hf", d / "warmstart.json"
     wanted = {"base_model": str(model_path), "prompt_style": str(cfg.sft.prompt_style),
               "epochs": float(cfg.sft.warmstart_epochs), "lr": float(cfg.sft.warmstart_lr),
-              "train_records": records_digest(train)}
+              "train_records": records_digest(train), "reasoning": str(cfg.sft.warmstart_reasoning)}
     if is_model_dir(hf):
         try:
             checkpoint_manifest.verify(d)
         except checkpoint_manifest.CheckpointError as e:  # an interrupted build, or changed since: build anew
             log.warning("the format warm-start is built again: %s", e)
         else:
-            built = json.loads(record.read_text()) if record.is_file() else {}
+            # warm-starts from before warmstart_reasoning existed used the fixed sentence
+            built = {"reasoning": "fixed", **json.loads(record.read_text())} if record.is_file() else {}
             _refuse_other_settings(f"the format warm-start in {d} was", d, built, wanted, "now", "sft.warmstart_dir")
             return str(hf)
     log.info("format warm-start of %s into %s", model_path, hf)
     run_sft(cfg, model_path, train, cfg.sft.warmstart_dir, target="format",
-            epochs=cfg.sft.warmstart_epochs, lr=cfg.sft.warmstart_lr)
+            epochs=cfg.sft.warmstart_epochs, lr=cfg.sft.warmstart_lr, reasonings=own_reasonings(cfg, model_path, train))
     record.write_text(json.dumps(wanted, indent=2))
     return str(hf)
 

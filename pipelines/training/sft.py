@@ -34,13 +34,16 @@ def sft_target_text(record, *, target: str, style: str, reasoning: str, rng: ran
     return completion_template(dataclasses.replace(record, answer=letter), style, reasoning)
 
 
-def build_sft_samples(records, tokenizer, *, target: str, style: str, reasoning: str, seed: int = 0) -> list:
+def build_sft_samples(records, tokenizer, *, target: str, style: str, reasoning: str, seed: int = 0,
+                      reasonings: dict[str, str] | None = None) -> list:
+    """``reasonings``: a ``<think>`` text per record id (else ``reasoning`` for every record)."""
     rng = random.Random(seed)
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     samples = []
     for r in records:
         prompt = chat_prompt(tokenizer, r, style)
-        text = sft_target_text(r, target=target, style=style, reasoning=reasoning, rng=rng)
+        text = sft_target_text(r, target=target, style=style, rng=rng,
+                               reasoning=reasonings[r.id] if reasonings else reasoning)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [eos]
         image = read_image_bytes(r.image)
         samples.append(TrainSample(sample_id=f"{r.id}#sft", prompt_text=prompt, image=image, completion_ids=ids,
@@ -48,13 +51,26 @@ def build_sft_samples(records, tokenizer, *, target: str, style: str, reasoning:
     return samples
 
 
-def run_sft(cfg, model_path: str, records: list, out_dir: str, *, target: str, epochs: float, lr: float) -> str:
-    """Train and save ``out_dir/hf``; returns that HF model directory."""
+def own_reasonings(cfg, model_path: str, records: list) -> dict[str, str] | None:
+    """With ``sft.warmstart_reasoning=own_caption``: the base model's own greedy description of each
+    record's image (no label, question or option goes in), by record id; else None."""
+    if str(cfg.sft.warmstart_reasoning) != "own_caption":
+        return None
+    from pipelines.models.pretrain import describe  # torch generation in this process
+
+    records = records[: cfg.sft.max_records] if cfg.sft.max_records else records
+    texts = describe(model_path, [read_image_bytes(r.image) for r in records], progress=cfg.logging.progress)
+    return {r.id: t for r, t in zip(records, texts)}
+
+
+def run_sft(cfg, model_path: str, records: list, out_dir: str, *, target: str, epochs: float, lr: float,
+            reasonings: dict[str, str] | None = None) -> str:
+    """Train and save ``out_dir/hf``; returns that HF model directory. ``reasonings``: per-record think text."""
     s = cfg.sft
     records = records[: s.max_records] if s.max_records else records
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
     samples = build_sft_samples(records, tokenizer, target=target, style=s.prompt_style,
-                                reasoning=s.reasoning, seed=cfg.trainer.seed)
+                                reasoning=s.reasoning, seed=cfg.trainer.seed, reasonings=reasonings)
     bs = min(s.batch_size, len(samples))
     steps = max(1, math.ceil(len(samples) * epochs / bs))
     learner_cfg = dataclasses.replace(cfg.learner, lr=lr, lr_scheduler=s.lr_scheduler, warmup_ratio=s.warmup_ratio)
@@ -65,6 +81,9 @@ def run_sft(cfg, model_path: str, records: list, out_dir: str, *, target: str, e
                                          "seed": cfg.trainer.seed})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if reasonings:  # what the warm-start was taught to write, kept for the audit
+        with (out / "reasonings.jsonl").open("w") as f:
+            f.writelines(json.dumps({"id": k, "reasoning": v}) + "\n" for k, v in reasonings.items())
     rng = random.Random(cfg.trainer.seed)
     order: list[int] = []
     t0 = time.perf_counter()

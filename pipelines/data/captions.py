@@ -1,0 +1,94 @@
+"""The caption pool a tiny base is pretrained on: synthetic images described in free text.
+
+What a real VLM's pretraining gives it, in miniature: for each image, what it shows
+(modality, organ, finding, grade, position / colour / cell count) in varied sentences.
+The images are drawn by the benchmark's own drawing code from *other* random streams
+(``[seed, modality, question type, POOL_STREAM]`` where the benchmark draws from
+``[seed, modality, question type]``), so no benchmark image is seen; no question or
+option list is written. The words used for a fact are the category's own labels
+("Grade 2", "Upper left", "Hemorrhage"), so a caption can later be matched to option text.
+Deterministic by seed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from learner.image_codec import encode_png
+from pipelines.data.schema import MODALITIES, QUESTION_TYPES
+from pipelines.data.synthetic import SPECS, _classes, _key, _scene
+
+POOL_STREAM = 7919  # a fourth seed word: the benchmark's streams have three
+DESCRIBE_PROMPT = "Describe this medical image."
+
+_MODALITY = ("{mod} image of the {anat}.", "A {mod} scan showing the {anat}.", "{Anat}, imaged with {mod}.",
+             "This {mod} picture shows the {anat}.", "Modality: {mod}. Region: {anat}.")
+_FINDING = ("It shows {f}.", "Finding: {f}.", "There is {f}.", "The image suggests {f}.", "Diagnosis: {f}.")
+_NORMAL = ("No abnormality is seen.", "Finding: No abnormality.", "It looks normal: No abnormality.")
+_GRADE = ("The lesion is {g}.", "Severity: {g}.", "It would be graded {g}.", "Grade seen: {g}.")
+_PLACE = ("The lesion lies in the {a} part.", "Position: {a}.", "The lesion is at the {a} region.")
+_COLOR = ("The lesion is {a}.", "Colour: {a}.", "Its dominant color is {a}.")
+_COUNT = ("Cell count: {a}.", "The field has {a}.", "It shows {a}.")
+
+
+@dataclass(frozen=True)
+class Captioned:
+    id: str
+    image: bytes  # PNG
+    caption: str
+    modality: str
+    question_type: str  # which benchmark category the scene was drawn for
+    label: str  # the class drawn for that category (e.g. "Grade 2"), always named in the caption
+
+
+def _finding_label(spec, finding: str) -> str:
+    for label in spec.diseases:
+        if _key(label) == finding:
+            return label
+    return finding.capitalize()
+
+
+def caption_for(spec, qtype: str, label: str, scene, rng) -> str:
+    """One free-text caption of a drawn ``scene`` (``label``: the class it was drawn for)."""
+    anat = next((a for a in spec.anatomy if _key(a) == scene.anatomy), scene.anatomy.capitalize())
+    pick = lambda options: options[int(rng.integers(len(options)))]  # noqa: E731
+    parts = [pick(_MODALITY).format(mod=spec.label, anat=anat, Anat=anat)]
+    lesion = scene.finding != "normal" and (scene.count if spec.grade_by == "count" else scene.size) > 0
+    if qtype == "lesion grading":
+        if lesion:
+            parts.append(pick(_FINDING).format(f=_finding_label(spec, scene.finding)))
+        parts.append(pick(_GRADE).format(g=label))
+    elif qtype == "other biological attributes":
+        if spec.attr in ("location", "row"):
+            parts.append(pick(_FINDING).format(f=_finding_label(spec, scene.finding)))
+        templates = {"color": _COLOR, "count": _COUNT}.get(spec.attr, _PLACE)
+        parts.append(pick(templates).format(a=label))
+    elif scene.finding == "normal":
+        parts.append(pick(_NORMAL))
+    else:
+        parts.append(pick(_FINDING).format(f=_finding_label(spec, scene.finding)))
+    if len(parts) > 2 and rng.uniform() < 0.3:  # free order beyond the opening sentence
+        parts[1], parts[2] = parts[2], parts[1]
+    return " ".join(parts)
+
+
+def build_caption_pool(seed: int = 1000, per_cell: int = 40, image_size: int = 112) -> list[Captioned]:
+    """``per_cell`` captioned images per (modality, question type) scene kind, deterministic by seed.
+    ``label`` of each item is the fact its scene was drawn for (what a caption must get right)."""
+    if per_cell < 1:
+        raise ValueError("per_cell must be at least 1")
+    out = []
+    for mi, modality in enumerate(MODALITIES):
+        spec = SPECS[modality]
+        for qi, qtype in enumerate(QUESTION_TYPES):
+            rng = np.random.default_rng([seed, mi, qi, POOL_STREAM])
+            classes = _classes(spec, qtype)
+            for i in range(per_cell):
+                label = spec.label if qtype == "modality recognition" else classes[i % len(classes)]
+                scene = _scene(spec, qtype, label, rng)
+                img = spec.draw(rng, image_size, scene)
+                out.append(Captioned(id=f"cap-{spec.code}-{qi}-{i:04d}", image=encode_png(img),
+                                     caption=caption_for(spec, qtype, label, scene, rng), modality=modality,
+                                     question_type=qtype, label=label))
+    return out

@@ -1,0 +1,139 @@
+"""Perception pretraining of the tiny base: next-token captioning on the caption pool.
+
+A randomly initialised 4.3M model has no perception to reason from; a real base
+(Qwen2-VL-2B) comes pretrained on image-text pairs. This gives ours the same kind of
+start, locally: cross-entropy on the caption tokens (``pipelines/data/captions.py``)
+after an image and a "describe" turn, every parameter trained (vision tower included).
+Plain torch in this process: no Ray, no DeepSpeed, so it starts in seconds.
+Deterministic for a seed (fixed step count, seeded order; one thread pool).
+
+``describe`` is the same model's own greedy description of images, used as the
+``<think>`` text of the format warm-start and to measure what the base perceives.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from learner.image_codec import decode_image
+from pipelines.data.captions import DESCRIBE_PROMPT, build_caption_pool
+from rewards.faithfulness import names_option
+
+log = logging.getLogger(__name__)
+MARKER = "medr1_pretrain.json"
+
+
+def describe_prompt(processor) -> str:
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": DESCRIBE_PROMPT}]}]
+    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def _load(model_dir: str | Path):
+    proc = AutoProcessor.from_pretrained(model_dir)
+    proc.tokenizer.padding_side = "left"  # the caption is then the last n tokens of every row
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+    return proc, model
+
+
+def caption_loss(model, proc, items, eos: str = "<|im_end|>"):
+    """Mean cross-entropy over the caption tokens (and the closing eos) of ``items``."""
+    prompt = describe_prompt(proc)
+    texts = [prompt + it.caption + eos for it in items]
+    enc = proc(text=texts, images=[decode_image(it.image) for it in items], return_tensors="pt", padding=True)
+    labels = torch.full_like(enc["input_ids"], -100)
+    for row, it in enumerate(items):
+        n = len(proc.tokenizer(it.caption + eos, add_special_tokens=False)["input_ids"])
+        labels[row, -n:] = enc["input_ids"][row, -n:]
+    return model(**enc, labels=labels).loss
+
+
+def pretrain_captioning(model_dir: str | Path, *, seed: int = 1000, per_cell: int = 40, steps: int = 600,
+                        batch_size: int = 16, lr: float = 1e-3, image_size: int = 112,
+                        progress: bool = True, max_seconds: float = 0.0, check_per_cell: int = 2) -> dict:
+    """Train ``model_dir``'s weights in place on captions; writes ``medr1_pretrain.json``; returns it.
+
+    ``max_seconds`` > 0 stops early (for exploring; the build itself uses a fixed step count, so a
+    seed gives the same weights on any machine)."""
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    pool = build_caption_pool(seed=seed, per_cell=per_cell, image_size=image_size)
+    proc, model = _load(model_dir)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(  # short warm-up, then cosine to 10%
+        opt, lambda s: min(1.0, (s + 1) / 30) * (0.55 + 0.45 * torch.cos(torch.tensor(s / steps * 3.14159)).item()))
+    rng = random.Random(seed)
+    order: list[int] = []
+    losses = []
+    bar = tqdm(range(steps), desc="caption pretraining", unit="step", disable=not progress)
+    for _ in bar:
+        if len(order) < batch_size:
+            perm = list(range(len(pool)))
+            rng.shuffle(perm)
+            order.extend(perm)
+        batch, order = [pool[i] for i in order[:batch_size]], order[batch_size:]
+        loss = caption_loss(model, proc, batch)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(float(loss))
+        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+        if max_seconds and time.perf_counter() - t0 > max_seconds:
+            break
+    model.eval()
+    model.save_pretrained(model_dir, safe_serialization=True)
+    # What it perceives: its own captions of unseen pool images (check_per_cell per cell; 0: skip).
+    held = build_caption_pool(seed=seed + 1, per_cell=check_per_cell, image_size=image_size) if check_per_cell else []
+    perception = perception_by_type(describe(model_dir, [h.image for h in held], progress=False, model=model,
+                                             proc=proc), held) if held else {}
+    record = {"seed": seed, "per_cell": per_cell, "steps": len(losses), "batch_size": batch_size, "lr": lr,
+              "image_size": image_size, "pool_images": len(pool),
+              "final_loss": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 4),
+              "seconds": round(time.perf_counter() - t0, 1),
+              # share of its own captions of unseen images (8 x check_per_cell per type) naming the drawn fact
+              "perception": {q: round(v, 3) for q, v in perception.items()}}
+    (Path(model_dir) / MARKER).write_text(json.dumps(record, indent=2))
+    log.info("caption pretraining: %d steps in %.1f min, loss %.3f; own captions name the drawn fact: %s",
+             len(losses), record["seconds"] / 60, record["final_loss"], record["perception"])
+    return record
+
+
+def pretrained_settings(model_dir: str | Path) -> dict | None:
+    p = Path(model_dir) / MARKER
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+@torch.no_grad()
+def describe(model_dir: str | Path, images: list[bytes], *, max_new_tokens: int = 40, batch_size: int = 32,
+             progress: bool = True, model=None, proc=None) -> list[str]:
+    """The model's own greedy description of each PNG image (special tokens dropped)."""
+    if model is None:
+        proc, model = _load(model_dir)
+    model.eval()
+    prompt = describe_prompt(proc)
+    out: list[str] = []
+    for i in tqdm(range(0, len(images), batch_size), desc="describing images", unit="batch", disable=not progress):
+        chunk = images[i:i + batch_size]
+        enc = proc(text=[prompt] * len(chunk), images=[decode_image(b) for b in chunk], return_tensors="pt",
+                   padding=True)
+        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
+        new = gen[:, enc["input_ids"].shape[1]:]
+        out.extend(t.strip() for t in proc.tokenizer.batch_decode(new, skip_special_tokens=True))
+    return out
+
+
+def perception_by_type(captions: list[str], items) -> dict[str, float]:
+    """Share of generated captions naming the fact each image was drawn for, per question type."""
+    hits: dict[str, list[int]] = {}
+    for cap, it in zip(captions, items):
+        hits.setdefault(it.question_type, []).append(int(names_option(cap, it.label)))
+    return {q: sum(v) / len(v) for q, v in hits.items()}
