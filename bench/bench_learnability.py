@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_learnability.py [--model outputs/tiny-qwen2vl] [--steps 300] [--batch 8]
         [--question-types "modality recognition"] [--option-order shuffled|fixed|canonical]
+        [--pretrain-steps 800] [--targets answer,class]
 
 Three targets, trained side by side from the same weights on the same built-in data
 (no-think prompt, cross-entropy on the single letter after ``<answer>``):
@@ -16,7 +17,17 @@ prompts, so this says whether the embedded default can learn at all in its budge
 With ``--question-types "modality recognition"`` the ``answer`` column shows option
 matching (shuffled: not learned) against ``class`` (the same look, no matching: learned);
 with ``--option-order canonical`` the answer letter *is* the class.
-Prints held-out accuracy at checkpoints, one column per target.
+Prints held-out accuracy at checkpoints, one column per target, and the final accuracy per
+question type.
+
+``--pretrain-steps N`` (issue 17) builds a caption-pretrained copy of the same random base
+(``pipelines/models/pretrain.py``, N steps on the separate caption pool) and trains both
+side by side: each column is ``target/base``, so the per-question-type table shows what
+caption pretraining changes for each type. It also prints how often each base's own
+caption of an unseen pool image names the drawn fact (the perception the warm-start's
+``<think>`` text carries), per question type.
+
+    .venv/bin/python bench/bench_learnability.py --pretrain-steps 800 --targets class,answer --steps 150
 """
 from __future__ import annotations
 
