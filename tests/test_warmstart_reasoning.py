@@ -32,3 +32,11 @@ def test_own_reasonings_only_when_configured(tiny_model_dir):
     recs = build_synthetic(per_cell=1)["train"][:2]
     got = own_reasonings(cfg, str(tiny_model_dir), recs)
     assert list(got) == [r.id for r in recs] and all(isinstance(v, str) for v in got.values())
+
+
+def test_limit_records_spreads_over_the_list():
+    from pipelines.training.sft import limit_records
+
+    assert limit_records(list(range(10)), 3) == [0, 3, 6]
+    assert limit_records(list(range(4)), None) == [0, 1, 2, 3]
+    assert limit_records(list(range(4)), 9) == [0, 1, 2, 3]

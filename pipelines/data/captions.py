@@ -17,7 +17,7 @@ import numpy as np
 
 from learner.image_codec import encode_png
 from pipelines.data.schema import MODALITIES, QUESTION_TYPES
-from pipelines.data.synthetic import SPECS, _classes, _key, _scene
+from pipelines.data.synthetic import _QUAD_SIGNS, CELL_COUNTS, QUADRANTS, SPECS, _classes, _key, _scene
 
 POOL_STREAM = 7919  # a fourth seed word: the benchmark's streams have three
 DESCRIBE_PROMPT = "Describe this medical image."
@@ -49,28 +49,47 @@ def _finding_label(spec, finding: str) -> str:
     return finding.capitalize()
 
 
+def _grade(spec, scene) -> str | None:
+    """The grade the drawn lesion has (its size or count nearest a grade's), for the graded finding."""
+    if scene.finding != spec.grade_finding:
+        return None
+    v = scene.count if spec.grade_by == "count" else scene.size
+    return spec.grades[min(range(len(spec.grades)), key=lambda k: abs(spec.grade_values[k] - v))]
+
+
+def _attribute(spec, scene) -> str | None:
+    """Where the lesion is, its colour or the cell count, when the drawing shows it."""
+    dx, dy = scene.loc
+    if spec.attr == "location" and scene.finding == spec.attr_finding and min(abs(dx), abs(dy)) > 0.08:
+        return QUADRANTS[_QUAD_SIGNS.index((1 if dx > 0 else -1, 1 if dy > 0 else -1))]
+    if spec.attr == "row" and scene.finding == spec.attr_finding and scene.size > 0:
+        return spec.attr_labels[0 if dx < -0.12 else 2 if dx > 0.12 else 1]
+    if spec.attr == "color" and scene.finding == spec.attr_finding:
+        return scene.color.capitalize()
+    if spec.attr == "count" and scene.finding == "normal" and scene.count > 0:
+        return next(lab for lab, (lo, hi) in zip(spec.attr_labels, CELL_COUNTS) if lo <= scene.count <= hi)
+    return None
+
+
 def caption_for(spec, qtype: str, label: str, scene, rng) -> str:
-    """One free-text caption of a drawn ``scene`` (``label``: the class it was drawn for)."""
+    """One free-text caption of a drawn ``scene``: every fact the drawing shows, whichever question
+    type it was drawn for (so what a caption says depends on the image alone), in varied words."""
     anat = next((a for a in spec.anatomy if _key(a) == scene.anatomy), scene.anatomy.capitalize())
     pick = lambda options: options[int(rng.integers(len(options)))]  # noqa: E731
-    parts = [pick(_MODALITY).format(mod=spec.label, anat=anat, Anat=anat)]
-    lesion = scene.finding != "normal" and (scene.count if spec.grade_by == "count" else scene.size) > 0
-    if qtype == "lesion grading":
-        if lesion:
-            parts.append(pick(_FINDING).format(f=_finding_label(spec, scene.finding)))
-        parts.append(pick(_GRADE).format(g=label))
-    elif qtype == "other biological attributes":
-        if spec.attr in ("location", "row"):
-            parts.append(pick(_FINDING).format(f=_finding_label(spec, scene.finding)))
-        templates = {"color": _COLOR, "count": _COUNT}.get(spec.attr, _PLACE)
-        parts.append(pick(templates).format(a=label))
-    elif scene.finding == "normal":
-        parts.append(pick(_NORMAL))
-    else:
-        parts.append(pick(_FINDING).format(f=_finding_label(spec, scene.finding)))
-    if len(parts) > 2 and rng.uniform() < 0.3:  # free order beyond the opening sentence
-        parts[1], parts[2] = parts[2], parts[1]
-    return " ".join(parts)
+    # A graded finding at grade 0 (size or count 0) is not drawn at all.
+    drawn = scene.finding != spec.grade_finding or (scene.count if spec.grade_by == "count" else scene.size) > 0
+    lesion = scene.finding not in ("normal", "colored") and drawn
+    facts = []
+    if (grade := _grade(spec, scene)) is not None:
+        facts.append(pick(_GRADE).format(g=grade))
+    if (attr := _attribute(spec, scene)) is not None:
+        facts.append(pick({"color": _COLOR, "count": _COUNT}.get(spec.attr, _PLACE)).format(a=attr))
+    if len(facts) > 1 and rng.uniform() < 0.3:  # free order
+        facts.reverse()
+    finding = pick(_FINDING).format(f=_finding_label(spec, scene.finding)) if lesion else pick(_NORMAL)
+    if spec.code == "derm":  # every dermoscopy image shows a lesion; "normal" is not one of its classes
+        finding = pick(_FINDING).format(f=_finding_label(spec, scene.finding)) if scene.finding != "colored" else ""
+    return " ".join(x for x in [pick(_MODALITY).format(mod=spec.label, anat=anat, Anat=anat), finding, *facts] if x)
 
 
 def build_caption_pool(seed: int = 1000, per_cell: int = 40, image_size: int = 112) -> list[Captioned]:

@@ -46,6 +46,10 @@ def print_eval_table(metrics: dict, title: str = "evaluation", console=None) -> 
     console.print(f"format rate {100 * metrics.get('format_rate', 0.0):.1f}%  |  unparsable {metrics.get('unparsable', 0)}"
                   f"  |  skipped {sk}  |  {metrics.get('n', 0)} prompts in {metrics.get('seconds', 0.0):.1f} s "
                   f"({metrics.get('prompts_per_s', 0.0):.2f} prompts/s)")
+    f = metrics.get("faithfulness")
+    if f:  # rewards/faithfulness.py: the reasoning-answer link
+        console.print(f"reasoning names the chosen option: {100 * f['faithful_correct']:.1f}% of {f['n_correct']} "
+                      f"correct  |  names another option: {100 * f['other_named_wrong']:.1f}% of {f['n_wrong']} wrong")
 
 
 def plot_accuracy_bars(cells: dict[str, dict], path: str | Path, title: str,

@@ -51,6 +51,14 @@ def build_sft_samples(records, tokenizer, *, target: str, style: str, reasoning:
     return samples
 
 
+def limit_records(records: list, n: int | None) -> list:
+    """At most ``n`` records, spread evenly over the list (records come grouped by modality and
+    question type, so the first ``n`` would cover only a few of them)."""
+    if not n or n >= len(records):
+        return list(records)
+    return [records[i * len(records) // n] for i in range(n)]
+
+
 def own_reasonings(cfg, model_path: str, records: list) -> dict[str, str] | None:
     """With ``sft.warmstart_reasoning=own_caption``: the base model's own greedy description of each
     record's image (no label, question or option goes in), by record id; else None."""
@@ -58,7 +66,7 @@ def own_reasonings(cfg, model_path: str, records: list) -> dict[str, str] | None
         return None
     from pipelines.models.pretrain import describe  # torch generation in this process
 
-    records = records[: cfg.sft.max_records] if cfg.sft.max_records else records
+    records = limit_records(records, cfg.sft.max_records)
     texts = describe(model_path, [read_image_bytes(r.image) for r in records], progress=cfg.logging.progress)
     return {r.id: t for r, t in zip(records, texts)}
 
@@ -67,7 +75,7 @@ def run_sft(cfg, model_path: str, records: list, out_dir: str, *, target: str, e
             reasonings: dict[str, str] | None = None) -> str:
     """Train and save ``out_dir/hf``; returns that HF model directory. ``reasonings``: per-record think text."""
     s = cfg.sft
-    records = records[: s.max_records] if s.max_records else records
+    records = limit_records(records, s.max_records)
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
     samples = build_sft_samples(records, tokenizer, target=target, style=s.prompt_style,
                                 reasoning=s.reasoning, seed=cfg.trainer.seed, reasonings=reasonings)
