@@ -85,7 +85,7 @@ def pretrain_captioning(model_dir: str | Path, *, seed: int = 1000, per_cell: in
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
         if max_seconds and time.perf_counter() - t0 > max_seconds:
             break
