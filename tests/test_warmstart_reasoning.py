@@ -25,7 +25,7 @@ def test_own_reasonings_only_when_configured(tiny_model_dir):
     from pipelines.training.sft import own_reasonings
 
     assert own_reasonings(load_config("smoke.yaml"), str(tiny_model_dir), []) is None
-    cfg = load_config("tiny_cpu.yaml", ["logging.progress=false"])
+    cfg = load_config("tiny_cpu_reasoning.yaml", ["logging.progress=false"])
     assert str(cfg.sft.warmstart_reasoning) == "own_caption"
     from pipelines.data.synthetic import build_synthetic
 
