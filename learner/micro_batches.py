@@ -1,0 +1,103 @@
+"""How one rank's samples become micro-batches, mini-batches and loss weights.
+
+Micro-batches hold a fixed number of samples (``learner.micro_batch_size``) or, with
+``learner.max_tokens_per_micro_batch`` > 0, as many as fit in that many padded tokens of the
+forward: short completions then share one forward and long ones get their own, instead of the
+longest row setting the cost of a fixed count. Groups (runs of samples with the same prompt) stay
+whole when they fit, so the shared-prefix layout computes each prompt once.
+
+Loss weights make gradient accumulation exact: each micro-batch's loss is weighted by its share of
+its mini-batch's *global* batch (sequences, or completion tokens for ``token_mean``; counts summed
+over ranks) times world size, and backpropagated with ``scale_wrt_gas=False``. DeepSpeed's rank
+average then gives the gradient of the mini-batch's loss however the samples are split over ranks
+and micro-batches. Every rank runs the same number of micro-batches (the most any rank has; the
+short ones run a filler with weight 0), so ZeRO's collectives never wait on a missing rank.
+"""
+from __future__ import annotations
+
+from typing import Callable, Hashable, Optional, Sequence
+
+import torch
+
+
+def padded_tokens(items: Sequence[tuple[Hashable, int, int]], shared_prefix: bool) -> int:
+    """Tokens a micro-batch of (prompt key, prompt length, completion length) items feeds the model.
+
+    Per-sample rows: B x longest prompt + completion. Shared prefix: one row per distinct prompt
+    (all but its last token) plus B rows of last prompt token + completion."""
+    if not items:
+        return 0
+    if not shared_prefix:
+        return len(items) * max(p + c for _, p, c in items)
+    prompts = {k: p for k, p, _ in items}
+    return len(prompts) * (max(prompts.values()) - 1) + len(items) * (1 + max(c for _, _, c in items))
+
+
+def pack_by_tokens(items: Sequence[tuple[Hashable, int, int]], max_tokens: int,
+                   shared_prefix: bool) -> list[tuple[int, int]]:
+    """Contiguous [start, stop) ranges of ``items``, each within ``max_tokens`` padded tokens.
+
+    A group (a run of one prompt key) that does not fit after what the micro-batch already holds
+    starts the next one; a group too big for any micro-batch is split over several. An item that
+    alone exceeds the budget gets a micro-batch of its own."""
+    if max_tokens <= 0:
+        raise ValueError(f"max_tokens must be > 0, got {max_tokens}")
+    runs, start = [], 0
+    for i in range(1, len(items) + 1):
+        if i == len(items) or items[i][0] != items[start][0]:
+            runs.append((start, i))
+            start = i
+    out: list[tuple[int, int]] = []
+    lo = 0  # start of the open micro-batch
+    for a, b in runs:
+        if a > lo and padded_tokens(items[lo:b], shared_prefix) > max_tokens:
+            out.append((lo, a))  # the whole group does not fit beside what is there: close it
+            lo = a
+        for i in range(a, b):
+            if i > lo and padded_tokens(items[lo:i + 1], shared_prefix) > max_tokens:
+                out.append((lo, i))
+                lo = i
+    if lo < len(items):
+        out.append((lo, len(items)))
+    return out
+
+
+def fixed_count(n: int, micro_batch_size: int) -> list[tuple[int, int]]:
+    mb = max(1, int(micro_batch_size))
+    return [(i, min(i + mb, n)) for i in range(0, n, mb)]
+
+
+def weighted_micro_batches(chunks: list[list], mini_batches: int, loss_agg: str, world_size: int,
+                           reduce_max: Callable[[torch.Tensor], torch.Tensor],
+                           reduce_sum: Callable[[torch.Tensor], torch.Tensor], filler: list,
+                           ) -> Optional[tuple[list[tuple[list, float]], list[int]]]:
+    """(micro-batches as (samples, loss weight), mini-batch bounds) or None if no rank has a sample.
+
+    Mini-batch j is micro-batches ``bounds[j]:bounds[j+1]``, the same split on every rank.
+    ``reduce_*`` reduce a tensor over ranks (identity on one rank)."""
+    n_micro = int(reduce_max(torch.tensor([len(chunks)], dtype=torch.int64))[0])
+    if n_micro == 0:
+        return None
+    n_mini = min(max(1, int(mini_batches)), n_micro)
+    bounds = [round(j * n_micro / n_mini) for j in range(n_mini + 1)]
+
+    def tokens(c):
+        return sum(len(s.completion_ids) for s in c)
+
+    local = torch.zeros(2 * n_mini, dtype=torch.float64)  # [seqs_0, tokens_0, seqs_1, ...]
+    for j in range(n_mini):
+        for c in chunks[bounds[j]:bounds[j + 1]]:
+            local[2 * j] += len(c)
+            local[2 * j + 1] += tokens(c)
+    counts = reduce_sum(local)  # every mini-batch holds samples: the longest rank fills each
+    micro = []
+    for j in range(n_mini):
+        seqs, toks = float(counts[2 * j]), float(counts[2 * j + 1])
+        for i in range(bounds[j], bounds[j + 1]):
+            if i < len(chunks):
+                c = chunks[i]
+                share = tokens(c) / max(toks, 1.0) if loss_agg == "token_mean" else len(c) / max(seqs, 1.0)
+                micro.append((c, share * world_size))
+            else:
+                micro.append((filler, 0.0))
+    return micro, bounds
