@@ -7,14 +7,11 @@ Decisions:
 - Optimizer: ``torch.optim.AdamW`` passed to DeepSpeed as a client optimizer (runs on CPU
   and GPU without compiling ops). With ``offload_optimizer`` DeepSpeed's CPU AdamW is used
   instead (DeepSpeed JIT-builds its cpu_adam op; gcc + ninja needed).
-- Loss normalisation is global: each micro-batch loss is weighted by its share of the
-  *global* batch (sequences, or tokens for ``token_mean``; counts all-reduced once per
-  step) times world size, and ``backward(scale_wrt_gas=False)``. DeepSpeed's rank average
-  then yields exactly the gradient of the loss over the whole batch, however the samples
-  are split across ranks and micro-batches.
-- Every rank runs the same number of micro-batches (max over ranks); a rank short of
-  micro-batches (or with no samples) runs a dummy micro-batch with loss weight 0, so ZeRO
-  collectives never deadlock. If the whole world has no sample, no step is taken.
+- Micro-batches (a sample count or a token budget), mini-batch bounds and the loss weights that
+  make gradient accumulation exact over ranks and micro-batches: ``learner/micro_batches.py``.
+- Layout: by default each prompt runs once per micro-batch for all its completions
+  (``learner/shared_prefix.py``); ``learner.shared_prefix=false`` (or gradient checkpointing) uses
+  one prompt + completion row per sample (``learner/policy.py``). Policy and reference use the same.
 - Reference model (only when beta > 0): under ZeRO-3 it is a second DeepSpeed engine with
   ZeRO-3 partitioning and no optimizer (partitioned like the policy, forward is collective);
   under stages 0-2 it is a plain full copy in eval mode. Reference log-probs are computed
@@ -59,6 +56,7 @@ from learner.policy import (
     prompt_key,
     resolve_dtype,
     to_device,
+    vision_token_ids,
 )
 from learner.samples import TrainSample, dummy_sample
 from learner.shared_prefix import build_prefix_inputs, shared_prefix_logprobs
@@ -153,6 +151,7 @@ class GRPOLearner:
         # Transformers drops the KV cache of checkpointed layers in training: the prefix could not be shared.
         self.shared_prefix = bool(learner_cfg.shared_prefix) and not learner_cfg.gradient_checkpointing
         self._encoded: dict = {}  # prompt key -> processor output, within one train_step
+        self._vision_ids = set(vision_token_ids(self.processor.tokenizer))  # masked out of the loss
         log.info("GRPOLearner rank %d/%d: ZeRO-%d, backend %s, %d of %d parameters trained, ds_config %s",
                  self.rank, self.world_size, self.stage, backend, trainable, total, json.dumps(ds_config))
 
@@ -207,7 +206,8 @@ class GRPOLearner:
         loss_agg = "token_mean" if self.objective == "sft" else str(g.loss_agg)
         plan = weighted_micro_batches(self._split(samples), self.mini_batches, loss_agg, self.world_size,
                                       lambda t: self._all_reduce(t, dist.ReduceOp.MAX), self._all_reduce,
-                                      samples[:1] or [self._dummy])
+                                      samples[:1] or [self._dummy],
+                                      lambda s: sum(t not in self._vision_ids for t in s.completion_ids))
         if plan is None:
             return {"skipped": 1.0, "num_samples": 0.0, "learner_time": time.perf_counter() - t0}
         micro, bounds = plan

@@ -70,11 +70,13 @@ def fixed_count(n: int, micro_batch_size: int) -> list[tuple[int, int]]:
 def weighted_micro_batches(chunks: list[list], mini_batches: int, loss_agg: str, world_size: int,
                            reduce_max: Callable[[torch.Tensor], torch.Tensor],
                            reduce_sum: Callable[[torch.Tensor], torch.Tensor], filler: list,
+                           trained_tokens: Callable[[object], int] = lambda s: len(s.completion_ids),
                            ) -> Optional[tuple[list[tuple[list, float]], list[int]]]:
     """(micro-batches as (samples, loss weight), mini-batch bounds) or None if no rank has a sample.
 
     Mini-batch j is micro-batches ``bounds[j]:bounds[j+1]``, the same split on every rank.
-    ``reduce_*`` reduce a tensor over ranks (identity on one rank)."""
+    ``reduce_*`` reduce a tensor over ranks (identity on one rank). ``trained_tokens``: the tokens
+    of a sample that ``token_mean`` counts (the loss masks sampled vision tokens out)."""
     n_micro = int(reduce_max(torch.tensor([len(chunks)], dtype=torch.int64))[0])
     if n_micro == 0:
         return None
@@ -82,7 +84,7 @@ def weighted_micro_batches(chunks: list[list], mini_batches: int, loss_agg: str,
     bounds = [round(j * n_micro / n_mini) for j in range(n_mini + 1)]
 
     def tokens(c):
-        return sum(len(s.completion_ids) for s in c)
+        return sum(trained_tokens(s) for s in c)
 
     local = torch.zeros(2 * n_mini, dtype=torch.float64)  # [seqs_0, tokens_0, seqs_1, ...]
     for j in range(n_mini):

@@ -1,0 +1,109 @@
+"""Micro-batches by sample count or by padded tokens (groups kept whole), their loss weights, and
+the learner's step being the same whatever the layout and the packing."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from learner.micro_batches import (
+    fixed_count,
+    pack_by_tokens,
+    padded_tokens,
+    weighted_micro_batches,
+)
+from tests.test_learner import dist_env, make_learner, model_dir, one_thread, weights  # noqa: F401
+from tests.test_shared_prefix import groups
+
+# (prompt key, prompt tokens, completion tokens): groups a (2), b (3), c (1)
+ITEMS = [("a", 10, 3), ("a", 10, 5), ("b", 12, 2), ("b", 12, 4), ("b", 12, 1), ("c", 8, 6)]
+
+
+def test_padded_tokens_by_hand():
+    # shared: one row per prompt less its last token (longest 10 - 1) + rows of 1 + longest completion (5)
+    assert padded_tokens(ITEMS[:2], shared_prefix=True) == 1 * 9 + 2 * 6
+    assert padded_tokens(ITEMS[:5], shared_prefix=True) == 2 * 11 + 5 * 6
+    # per-sample: B rows of the longest prompt + completion (12 + 4)
+    assert padded_tokens(ITEMS[:5], shared_prefix=False) == 5 * 16
+    assert padded_tokens([], shared_prefix=True) == 0
+
+
+def test_pack_keeps_groups_whole_when_they_fit():
+    # a (21) then a+b (52 > 40): b starts a new one (26); b+c (50 > 40): c alone
+    assert pack_by_tokens(ITEMS, 40, shared_prefix=True) == [(0, 2), (2, 5), (5, 6)]
+    # a+b (52) fit in 60, a+b+c (75) does not
+    assert pack_by_tokens(ITEMS, 60, shared_prefix=True) == [(0, 5), (5, 6)]
+    # per-sample rows: a (30); b alone is 48 > 40, so it is split; its last one goes with c (28)
+    assert pack_by_tokens(ITEMS, 40, shared_prefix=False) == [(0, 2), (2, 4), (4, 6)]
+    # nothing fits two by two: one item each, none dropped
+    assert pack_by_tokens(ITEMS, 20, shared_prefix=True) == [(i, i + 1) for i in range(6)]
+    assert pack_by_tokens(ITEMS, 10**6, shared_prefix=True) == [(0, 6)]
+    with pytest.raises(ValueError):
+        pack_by_tokens(ITEMS, 0, shared_prefix=True)
+    assert fixed_count(5, 2) == [(0, 2), (2, 4), (4, 5)]
+
+
+def _s(n_tokens):
+    return SimpleNamespace(completion_ids=[0] * n_tokens)
+
+
+def test_loss_weights_are_shares_of_each_mini_batch():
+    chunks = [[_s(3), _s(5)], [_s(2), _s(4), _s(1)], [_s(6)]]
+    ident = lambda t: t  # noqa: E731  one rank
+    micro, bounds = weighted_micro_batches(chunks, 2, "seq_mean", 1, ident, ident, ["filler"])
+    assert bounds == [0, 2, 3]  # mini-batch 0: chunks 0-1 (5 sequences, 15 tokens); 1: chunk 2 (1, 6)
+    assert [w for _, w in micro] == pytest.approx([2 / 5, 3 / 5, 1.0])
+    micro, _ = weighted_micro_batches(chunks, 2, "token_mean", 1, ident, ident, ["filler"])
+    assert [w for _, w in micro] == pytest.approx([8 / 15, 7 / 15, 1.0])
+    # token_mean counts the tokens the loss trains on (sampled vision tokens are masked out): here one fewer each
+    micro, _ = weighted_micro_batches(chunks, 2, "token_mean", 1, ident, ident, ["filler"],
+                                      lambda s: len(s.completion_ids) - 1)
+    assert [w for _, w in micro] == pytest.approx([6 / 10, 4 / 10, 1.0])
+    # Two ranks, the other holding the same counts and 4 micro-batches: counts double, weights are
+    # share x world (the same here), and this rank's 4th micro-batch is a filler of weight 0.
+    micro, bounds = weighted_micro_batches(chunks, 2, "seq_mean", 2, lambda t: t.fill_(4), lambda t: 2 * t,
+                                           ["filler"])
+    assert bounds == [0, 2, 4]
+    assert [w for _, w in micro] == pytest.approx([2 / 5, 3 / 5, 1 / 1 * 2 / 2, 0.0])
+    assert micro[3][0] == ["filler"]
+    assert weighted_micro_batches([], 2, "seq_mean", 1, ident, ident, []) is None
+
+
+def _capture_grads(learner) -> list:
+    """The gradients the optimizer steps with (rank-averaged, accumulated, clipped), captured before its step:
+    weights after one Adam step would magnify float noise in gradients near Adam's eps."""
+    inner = getattr(learner.optimizer, "optimizer", learner.optimizer)  # ZeRO-1/2 wrap the torch optimizer
+    seen: list = []
+    inner.register_step_pre_hook(lambda opt, args, kwargs: seen.append(
+        [p.grad.detach().clone() for g in opt.param_groups for p in g["params"] if p.grad is not None]))
+    return seen
+
+
+def test_step_equals_across_layouts_and_packing(model_dir, dist_env):  # noqa: F811
+    """One GRPO step (beta > 0: the reference forward too; token-mean over micro-batches of
+    different sizes) from the same weights: per-sample rows, the shared prefix, and the shared
+    prefix packed by tokens (fewer, larger micro-batches) give the optimizer the same gradient."""
+    base = dict(lr=1e-3, micro_batch_size=3, mini_batches=1, beta=0.04, loss_agg="token_mean")
+    learners = {"per-sample": make_learner(model_dir, shared_prefix=False, **base),
+                "shared": make_learner(model_dir, shared_prefix=True, **base),
+                "packed": make_learner(model_dir, shared_prefix=True, max_tokens_per_micro_batch=700, **base)}
+    samples = groups(learners["shared"].processor, sizes=(3, 4, 2, 3))
+    fixed = [len(c) for c in learners["shared"]._split(samples)]
+    packed = [len(c) for c in learners["packed"]._split(samples)]
+    assert fixed == [3, 3, 3, 3] and len(packed) < len(fixed), packed
+    grads = {k: _capture_grads(ln) for k, ln in learners.items()}
+    w0 = weights(learners["shared"])
+    out = {k: ln.train_step(samples) for k, ln in learners.items()}
+    ref = out["per-sample"]
+    (g_ref,) = grads["per-sample"]
+    scale = max(float(g.abs().max()) for g in g_ref)
+    for k in ("shared", "packed"):
+        assert out[k]["loss"] == pytest.approx(ref["loss"], rel=1e-4, abs=1e-6), k
+        assert out[k]["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-4), k
+        assert out[k]["vision_tokens_masked"] == ref["vision_tokens_masked"] == 1.0
+        (g_k,) = grads[k]
+        assert len(g_k) == len(g_ref)
+        for a, b in zip(g_k, g_ref):
+            torch.testing.assert_close(a / scale, b / scale, atol=1e-4, rtol=0, msg=k)
+    assert any(not torch.equal(weights(learners["shared"])[n], w0[n]) for n in w0), "the step changed the weights"
