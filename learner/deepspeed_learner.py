@@ -44,7 +44,7 @@ from learner import checkpoint_atomic, checkpoint_manifest, lora
 from learner.ds_config import build_ds_config, build_scheduler
 from learner.ds_safe_load import use_weights_only_loads
 from learner.image_codec import decode_image
-from learner.micro_batches import fixed_count, pack_by_tokens, weighted_micro_batches
+from learner.micro_batches import count_minis, token_minis, weighted_micro_batches
 from learner.objectives import grpo_objective, sft_objective
 from learner.policy import (
     build_inputs,
@@ -180,14 +180,26 @@ class GRPOLearner:
         finally:
             module.train(was_training)
 
-    def _split(self, samples: list[TrainSample]) -> list[list[TrainSample]]:
-        """Micro-batches of a fixed sample count, or packed by padded tokens (``learner/micro_batches.py``)."""
+    def _minis(self, samples: list[TrainSample]) -> list[list[list[TrainSample]]] | None:
+        """This rank's micro-batches per mini-batch: a fixed sample count, or packed by padded tokens."""
+        reduce_max = lambda t: self._all_reduce(t, dist.ReduceOp.MAX)  # noqa: E731
         budget = int(self.cfg.max_tokens_per_micro_batch)
         if budget <= 0:
-            return [samples[a:b] for a, b in fixed_count(len(samples), self.cfg.micro_batch_size)]
-        enc = encode_prompts(self.processor, samples, self._encoded)  # reused by _batch
-        items = [(prompt_key(s), enc[prompt_key(s)][0].numel(), len(s.completion_ids)) for s in samples]
-        return [samples[a:b] for a, b in pack_by_tokens(items, budget, self.shared_prefix)]
+            ranges = count_minis(len(samples), self.cfg.micro_batch_size, self.mini_batches, reduce_max)
+        else:
+            enc = encode_prompts(self.processor, samples, self._encoded)  # reused by _batch
+            items = [(prompt_key(s), enc[prompt_key(s)][0].numel(), len(s.completion_ids)) for s in samples]
+            ranges = token_minis(items, budget, self.shared_prefix, self.mini_batches, reduce_max)
+        return None if ranges is None else [[samples[a:b] for a, b in m] for m in ranges]
+
+    def _plan(self, samples: list[TrainSample], loss_agg: str):
+        minis = self._minis(samples)
+        if minis is None:
+            return None
+        return weighted_micro_batches(minis, loss_agg, self.world_size,
+                                      lambda t: self._all_reduce(t, dist.ReduceOp.MAX), self._all_reduce,
+                                      samples[:1] or [self._dummy],
+                                      lambda s: sum(t not in self._vision_ids for t in s.completion_ids))
 
     def _batch(self, samples):
         build = build_prefix_inputs if self.shared_prefix else build_inputs
@@ -204,10 +216,7 @@ class GRPOLearner:
         self._encoded.clear()
         g = self.grpo
         loss_agg = "token_mean" if self.objective == "sft" else str(g.loss_agg)
-        plan = weighted_micro_batches(self._split(samples), self.mini_batches, loss_agg, self.world_size,
-                                      lambda t: self._all_reduce(t, dist.ReduceOp.MAX), self._all_reduce,
-                                      samples[:1] or [self._dummy],
-                                      lambda s: sum(t not in self._vision_ids for t in s.completion_ids))
+        plan = self._plan(samples, loss_agg)
         if plan is None:
             return {"skipped": 1.0, "num_samples": 0.0, "learner_time": time.perf_counter() - t0}
         micro, bounds = plan

@@ -15,7 +15,7 @@ short ones run a filler with weight 0), so ZeRO's collectives never wait on a mi
 """
 from __future__ import annotations
 
-from typing import Callable, Hashable, Optional, Sequence
+from typing import Callable, Hashable, Sequence
 
 import torch
 
@@ -62,44 +62,88 @@ def pack_by_tokens(items: Sequence[tuple[Hashable, int, int]], max_tokens: int,
     return out
 
 
-def fixed_count(n: int, micro_batch_size: int) -> list[tuple[int, int]]:
+def count_minis(n: int, micro_batch_size: int, mini_batches: int,
+                reduce_max: Callable[[torch.Tensor], torch.Tensor]) -> list[list[tuple[int, int]]] | None:
+    """Micro-batches of ``micro_batch_size`` samples, mini-batch j being micro-batches
+    ``bounds[j]:bounds[j+1]`` of the rank with the most (the same bounds on every rank)."""
     mb = max(1, int(micro_batch_size))
-    return [(i, min(i + mb, n)) for i in range(0, n, mb)]
-
-
-def weighted_micro_batches(chunks: list[list], mini_batches: int, loss_agg: str, world_size: int,
-                           reduce_max: Callable[[torch.Tensor], torch.Tensor],
-                           reduce_sum: Callable[[torch.Tensor], torch.Tensor], filler: list,
-                           trained_tokens: Callable[[object], int] = lambda s: len(s.completion_ids),
-                           ) -> Optional[tuple[list[tuple[list, float]], list[int]]]:
-    """(micro-batches as (samples, loss weight), mini-batch bounds) or None if no rank has a sample.
-
-    Mini-batch j is micro-batches ``bounds[j]:bounds[j+1]``, the same split on every rank.
-    ``reduce_*`` reduce a tensor over ranks (identity on one rank). ``trained_tokens``: the tokens
-    of a sample that ``token_mean`` counts (the loss masks sampled vision tokens out)."""
+    chunks = [(i, min(i + mb, n)) for i in range(0, n, mb)]
     n_micro = int(reduce_max(torch.tensor([len(chunks)], dtype=torch.int64))[0])
     if n_micro == 0:
         return None
     n_mini = min(max(1, int(mini_batches)), n_micro)
     bounds = [round(j * n_micro / n_mini) for j in range(n_mini + 1)]
+    return [chunks[bounds[j]:bounds[j + 1]] for j in range(n_mini)]
+
+
+def mini_batch_ranges(keys: Sequence[Hashable], n_mini: int) -> list[tuple[int, int]]:
+    """``n_mini`` contiguous ranges of about len/n_mini samples each, each cut moved to the nearest
+    group boundary (a change of prompt key) so a group stays in one mini-batch. Ranges are empty
+    only when there are fewer samples than mini-batches."""
+    n = len(keys)
+    cuts = [i for i in range(1, n) if keys[i] != keys[i - 1]]
+    ends = [0]
+    for j in range(1, n_mini):
+        target = round(j * n / n_mini)
+        room = n_mini - j if n >= n_mini else 0  # samples the later mini-batches still need
+        lo = ends[-1] + (1 if n >= n_mini else 0)
+        options = [c for c in cuts if lo <= c <= n - room]
+        ends.append(min(options, key=lambda c: (abs(c - target), c)) if options else min(max(target, lo), n - room))
+    ends.append(n)
+    return [(ends[j], ends[j + 1]) for j in range(n_mini)]
+
+
+def token_minis(items: Sequence[tuple[Hashable, int, int]], max_tokens: int, shared_prefix: bool,
+                mini_batches: int, reduce_max: Callable[[torch.Tensor], torch.Tensor],
+                ) -> list[list[tuple[int, int]]] | None:
+    """Mini-batches first (a share of the samples each, as with a fixed count: packing must not change
+    the optimizer steps), then each packed into micro-batches of at most ``max_tokens``."""
+    n_max = int(reduce_max(torch.tensor([len(items)], dtype=torch.int64))[0])
+    if n_max == 0:
+        return None
+    n_mini = min(max(1, int(mini_batches)), n_max)
+    out = []
+    for a, b in mini_batch_ranges([k for k, _, _ in items], n_mini):
+        out.append([(a + x, a + y) for x, y in pack_by_tokens(items[a:b], max_tokens, shared_prefix)] if b > a else [])
+    return out
+
+
+def weighted_micro_batches(minis: list[list[list]], loss_agg: str, world_size: int,
+                           reduce_max: Callable[[torch.Tensor], torch.Tensor],
+                           reduce_sum: Callable[[torch.Tensor], torch.Tensor], filler: list,
+                           trained_tokens: Callable[[object], int] = lambda s: len(s.completion_ids),
+                           ) -> tuple[list[tuple[list, float]], list[int]] | None:
+    """(micro-batches as (samples, loss weight), mini-batch bounds) or None if no rank has a sample.
+
+    ``minis[j]``: this rank's micro-batches (lists of samples) of mini-batch j; every rank passes the
+    same number of mini-batches. Mini-batch j runs micro-batches ``bounds[j]:bounds[j+1]`` on every
+    rank (the most any rank has; fillers of weight 0 make up the rest). ``reduce_*`` reduce a tensor
+    over ranks (identity on one rank). ``trained_tokens``: the tokens of a sample that ``token_mean``
+    counts (the loss masks sampled vision tokens out)."""
+    n_mini = len(minis)
+    k = reduce_max(torch.tensor([len(m) for m in minis], dtype=torch.int64)).tolist() if n_mini else []
+    if sum(k) == 0:
+        return None
+    bounds = [0]
+    for kj in k:
+        bounds.append(bounds[-1] + int(kj))
 
     def tokens(c):
         return sum(trained_tokens(s) for s in c)
 
     local = torch.zeros(2 * n_mini, dtype=torch.float64)  # [seqs_0, tokens_0, seqs_1, ...]
-    for j in range(n_mini):
-        for c in chunks[bounds[j]:bounds[j + 1]]:
+    for j, m in enumerate(minis):
+        for c in m:
             local[2 * j] += len(c)
             local[2 * j + 1] += tokens(c)
-    counts = reduce_sum(local)  # every mini-batch holds samples: the longest rank fills each
+    counts = reduce_sum(local)
     micro = []
-    for j in range(n_mini):
+    for j, m in enumerate(minis):
         seqs, toks = float(counts[2 * j]), float(counts[2 * j + 1])
-        for i in range(bounds[j], bounds[j + 1]):
-            if i < len(chunks):
-                c = chunks[i]
-                share = tokens(c) / max(toks, 1.0) if loss_agg == "token_mean" else len(c) / max(seqs, 1.0)
-                micro.append((c, share * world_size))
+        for i in range(int(k[j])):
+            if i < len(m):
+                share = tokens(m[i]) / max(toks, 1.0) if loss_agg == "token_mean" else len(m[i]) / max(seqs, 1.0)
+                micro.append((m[i], share * world_size))
             else:
                 micro.append((filler, 0.0))
     return micro, bounds

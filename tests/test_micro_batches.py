@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from learner.micro_batches import (
-    fixed_count,
+    count_minis,
+    mini_batch_ranges,
     pack_by_tokens,
     padded_tokens,
+    token_minis,
     weighted_micro_batches,
 )
 from tests.test_learner import dist_env, make_learner, model_dir, one_thread, weights  # noqa: F401
@@ -41,7 +43,23 @@ def test_pack_keeps_groups_whole_when_they_fit():
     assert pack_by_tokens(ITEMS, 10**6, shared_prefix=True) == [(0, 6)]
     with pytest.raises(ValueError):
         pack_by_tokens(ITEMS, 0, shared_prefix=True)
-    assert fixed_count(5, 2) == [(0, 2), (2, 4), (4, 5)]
+
+
+IDENT = lambda t: t  # noqa: E731  reductions over one rank
+
+
+def test_mini_batches_then_micro_batches():
+    # fixed count: micro-batches of 2, then 2 mini-batches over the 3 micro-batches (bounds 0, 2, 3)
+    assert count_minis(5, 2, 2, IDENT) == [[(0, 2), (2, 4)], [(4, 5)]]
+    assert count_minis(0, 2, 2, IDENT) is None
+    # cuts move to the nearest group boundary: 16 = 4 groups of 4 in 4 mini-batches; 3 + 5 + 2 in 2 (target 5 -> 3)
+    assert mini_batch_ranges(list("aaaabbbbccccdddd"), 4) == [(0, 4), (4, 8), (8, 12), (12, 16)]
+    assert mini_batch_ranges(list("aaabbbbbcc"), 2) == [(0, 3), (3, 10)]
+    assert mini_batch_ranges(list("ab"), 3) == [(0, 1), (1, 1), (1, 2)]  # fewer samples than mini-batches
+    # by tokens: mini-batches first (a, then b + c), each packed within 40 tokens
+    assert token_minis(ITEMS, 40, True, 2, IDENT) == [[(0, 2)], [(2, 5), (5, 6)]]
+    # a budget that holds everything still gives the optimizer steps asked for
+    assert token_minis(ITEMS, 10**6, True, 2, IDENT) == [[(0, 2)], [(2, 6)]]
 
 
 def _s(n_tokens):
@@ -49,25 +67,24 @@ def _s(n_tokens):
 
 
 def test_loss_weights_are_shares_of_each_mini_batch():
-    chunks = [[_s(3), _s(5)], [_s(2), _s(4), _s(1)], [_s(6)]]
-    ident = lambda t: t  # noqa: E731  one rank
-    micro, bounds = weighted_micro_batches(chunks, 2, "seq_mean", 1, ident, ident, ["filler"])
-    assert bounds == [0, 2, 3]  # mini-batch 0: chunks 0-1 (5 sequences, 15 tokens); 1: chunk 2 (1, 6)
+    minis = [[[_s(3), _s(5)], [_s(2), _s(4), _s(1)]], [[_s(6)]]]  # mini 0: 5 sequences, 15 tokens; mini 1: 1, 6
+    micro, bounds = weighted_micro_batches(minis, "seq_mean", 1, IDENT, IDENT, ["filler"])
+    assert bounds == [0, 2, 3]
     assert [w for _, w in micro] == pytest.approx([2 / 5, 3 / 5, 1.0])
-    micro, _ = weighted_micro_batches(chunks, 2, "token_mean", 1, ident, ident, ["filler"])
+    micro, _ = weighted_micro_batches(minis, "token_mean", 1, IDENT, IDENT, ["filler"])
     assert [w for _, w in micro] == pytest.approx([8 / 15, 7 / 15, 1.0])
     # token_mean counts the tokens the loss trains on (sampled vision tokens are masked out): here one fewer each
-    micro, _ = weighted_micro_batches(chunks, 2, "token_mean", 1, ident, ident, ["filler"],
+    micro, _ = weighted_micro_batches(minis, "token_mean", 1, IDENT, IDENT, ["filler"],
                                       lambda s: len(s.completion_ids) - 1)
     assert [w for _, w in micro] == pytest.approx([6 / 10, 4 / 10, 1.0])
-    # Two ranks, the other holding the same counts and 4 micro-batches: counts double, weights are
-    # share x world (the same here), and this rank's 4th micro-batch is a filler of weight 0.
-    micro, bounds = weighted_micro_batches(chunks, 2, "seq_mean", 2, lambda t: t.fill_(4), lambda t: 2 * t,
-                                           ["filler"])
+    # Two ranks, the other with the same counts but 2 micro-batches in each mini-batch: counts double,
+    # weights are share x world (the same here), and this rank's mini-batch 1 ends with a filler of weight 0.
+    micro, bounds = weighted_micro_batches(minis, "seq_mean", 2, lambda t: torch.maximum(t, torch.tensor([2, 2])),
+                                           lambda t: 2 * t, ["filler"])
     assert bounds == [0, 2, 4]
-    assert [w for _, w in micro] == pytest.approx([2 / 5, 3 / 5, 1 / 1 * 2 / 2, 0.0])
+    assert [w for _, w in micro] == pytest.approx([2 / 5, 3 / 5, 1.0, 0.0])
     assert micro[3][0] == ["filler"]
-    assert weighted_micro_batches([], 2, "seq_mean", 1, ident, ident, []) is None
+    assert weighted_micro_batches([[], []], "seq_mean", 1, IDENT, IDENT, []) is None
 
 
 def _capture_grads(learner) -> list:
@@ -89,8 +106,8 @@ def test_step_equals_across_layouts_and_packing(model_dir, dist_env):  # noqa: F
                 "shared": make_learner(model_dir, shared_prefix=True, **base),
                 "packed": make_learner(model_dir, shared_prefix=True, max_tokens_per_micro_batch=700, **base)}
     samples = groups(learners["shared"].processor, sizes=(3, 4, 2, 3))
-    fixed = [len(c) for c in learners["shared"]._split(samples)]
-    packed = [len(c) for c in learners["packed"]._split(samples)]
+    fixed = [len(c) for m in learners["shared"]._minis(samples) for c in m]
+    packed = [len(c) for m in learners["packed"]._minis(samples) for c in m]
     assert fixed == [3, 3, 3, 3] and len(packed) < len(fixed), packed
     grads = {k: _capture_grads(ln) for k, ln in learners.items()}
     w0 = weights(learners["shared"])
