@@ -10,7 +10,7 @@ Decisions:
 - Micro-batches (a sample count or a token budget), mini-batch bounds and the loss weights that
   make gradient accumulation exact over ranks and micro-batches: ``learner/micro_batches.py``.
 - Layout: by default each prompt runs once per micro-batch for all its completions
-  (``learner/shared_prefix.py``); ``learner.shared_prefix=false`` (or gradient checkpointing) uses
+  (``learner/shared_prefix.py``); ``learner.shared_prefix=false`` uses
   one prompt + completion row per sample (``learner/policy.py``). Policy and reference use the same.
 - Reference model (only when beta > 0): under ZeRO-3 it is a second DeepSpeed engine with
   ZeRO-3 partitioning and no optimizer (partitioned like the policy, forward is collective);
@@ -148,8 +148,7 @@ class GRPOLearner:
             else:
                 self.ref = ref.to(device=self.device, dtype=self.compute_dtype)
         self.optimizer_steps = 0
-        # Transformers drops the KV cache of checkpointed layers in training: the prefix could not be shared.
-        self.shared_prefix = bool(learner_cfg.shared_prefix) and not learner_cfg.gradient_checkpointing
+        self.shared_prefix = bool(learner_cfg.shared_prefix)
         self._encoded: dict = {}  # prompt key -> processor output, within one train_step
         self._vision_ids = set(vision_token_ids(self.processor.tokenizer))  # masked out of the loss
         log.info("GRPOLearner rank %d/%d: ZeRO-%d, backend %s, %d of %d parameters trained, ds_config %s",

@@ -19,8 +19,11 @@ The attention mask spans [prefix (padding holes masked) | completion row], so ea
 sees its own prompt and its own earlier tokens, as in its per-sample row: log-probs, losses and
 gradients equal the per-sample layout's to float tolerance (``tests/test_shared_prefix.py``).
 
-Gradient checkpointing drops a layer's cache in training mode (transformers replays the layer in
-the backward and would write the cache twice), so the policy uses the per-sample layout then.
+Gradient checkpointing: transformers replays a checkpointed layer in the backward, so a cache it
+wrote to would be written twice (and it drops the cache of such layers unless they declare they
+only read it). Here neither cache grows on a replay: the prefix cache keeps a layer's K/V the first
+time and the tails' cache joins the prefix with the tail without storing anything, so the layers
+are marked as readers and the layout works with checkpointing too.
 """
 from __future__ import annotations
 
@@ -28,6 +31,8 @@ import weakref
 from typing import Sequence
 
 import torch
+from transformers import DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from learner.policy import (
     completion_tensors,
@@ -98,6 +103,27 @@ def build_prefix_inputs(processor, samples: Sequence[TrainSample], pad_id: int,
     }
 
 
+class _WriteOnceCache(DynamicCache):
+    """The prefix forward's cache: a layer's K/V are kept the first time; a replay leaves them."""
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        if layer_idx < len(self.layers) and self.layers[layer_idx].get_seq_length() > 0:
+            return key_states, value_states
+        return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+
+
+class _PrefixView(DynamicCache):
+    """The tails' cache: each layer's prefix K/V (one row per sample) joined with the tail's, nothing stored."""
+
+    def __init__(self, prefix: DynamicCache, index: torch.Tensor):
+        # Indexing is an autograd op: the gradients of all of a prompt's tails flow into its one prefix.
+        super().__init__([(layer.keys[index], layer.values[index]) for layer in prefix.layers])
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        layer = self.layers[layer_idx]
+        return torch.cat([layer.keys, key_states], dim=-2), torch.cat([layer.values, value_states], dim=-2)
+
+
 def _rope_owner(model):
     """The inner module with ``get_rope_index`` (through a DeepSpeed engine and PEFT wrappers), found once."""
     owner = _ROPE_OWNERS.get(model)
@@ -105,6 +131,9 @@ def _rope_owner(model):
         owner = next((m for m in model.modules() if callable(getattr(m, "get_rope_index", None))), None)
         if owner is None:
             raise TypeError(f"{type(model).__name__} has no get_rope_index: not a Qwen-VL model")
+        for m in model.modules():  # our caches never grow on a replay: checkpointed layers may keep them
+            if isinstance(m, GradientCheckpointingLayer):
+                m._can_checkpoint_with_cache = True
         _ROPE_OWNERS[model] = owner
     return owner
 
@@ -124,20 +153,20 @@ def shared_prefix_logprobs(model, batch: dict[str, torch.Tensor], temperature: f
                            compute_entropy: bool = False):
     """``policy.completion_logprobs`` for a ``build_prefix_inputs`` batch: the same (logp, entropy)."""
     pos, nxt = prefix_positions(model, batch)
-    pre = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                mm_token_type_ids=batch["mm_token_type_ids"], pixel_values=batch["pixel_values"],
-                image_grid_thw=batch["image_grid_thw"], position_ids=pos, use_cache=True, logits_to_keep=1)
-    cache = pre.past_key_values
-    if cache is None or cache.get_seq_length() == 0:
-        raise RuntimeError("the prefix forward returned no KV cache (gradient checkpointing in training mode "
-                           "drops it): use the per-sample layout")
+    cache = _WriteOnceCache()
+    model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+          mm_token_type_ids=batch["mm_token_type_ids"], pixel_values=batch["pixel_values"],
+          image_grid_thw=batch["image_grid_thw"], position_ids=pos, past_key_values=cache, use_cache=True,
+          logits_to_keep=1)
+    if cache.get_seq_length() == 0:
+        raise RuntimeError("the prefix forward filled no KV cache: this model's layers do not use it")
     gi = batch["group_index"]
-    cache.batch_select_indices(gi)  # one prefix, G rows: indexing keeps the graph back to the one prefix
     tail = batch["tail_ids"]
     Tc = tail.shape[1] - 1
     tpos = (nxt[gi][:, None] + torch.arange(Tc + 1, device=tail.device)[None, :])[None].expand(3, -1, -1)
     mask = torch.cat([batch["attention_mask"][gi], batch["tail_mask"]], dim=1)
-    out = model(input_ids=tail, attention_mask=mask, position_ids=tpos, past_key_values=cache, use_cache=True,
+    out = model(input_ids=tail, attention_mask=mask, position_ids=tpos, past_key_values=_PrefixView(cache, gi),
+                use_cache=True,
                 logits_to_keep=torch.arange(Tc, device=tail.device))
     return token_logprobs(out.logits, batch["completion_ids"], batch["completion_mask"].bool(), temperature,
                           compute_entropy)

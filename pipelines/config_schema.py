@@ -185,7 +185,7 @@ class LearnerConfig:
     # when they fit); 0: micro_batch_size samples each.
     max_tokens_per_micro_batch: int = 0
     # Each prompt (image included) runs once per micro-batch for all its completions (learner/shared_prefix.py);
-    # false: one prompt + completion row per sample. Under gradient_checkpointing the policy uses per-sample rows.
+    # false: one prompt + completion row per sample.
     shared_prefix: bool = True
     grad_clip: float = 1.0
     bf16: bool = False

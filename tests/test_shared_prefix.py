@@ -149,15 +149,27 @@ def test_loss_and_gradients_equal_per_sample(family):
     assert sum(float(t.abs().sum()) for t in ga.values()) > 0
 
 
-def test_gradient_checkpointing_is_refused_clearly(family):
-    """Transformers drops a checkpointed layer's cache in training: the prefix cannot be shared, said so."""
-    from learner.policy import load_policy
+def test_gradient_checkpointing_gives_the_same_gradients(family):
+    """Checkpointed layers are replayed in the backward: the prefix cache must not be written twice
+    nor the tails' cache grow, or the replay would see other keys (or transformers would drop the cache)."""
+    from learner.objectives import grpo_objective
+    from learner.policy import completion_logprobs, load_policy
     from learner.shared_prefix import shared_prefix_logprobs
 
     d, proc = family
-    model = load_policy(str(d))
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.train()
-    _, b = both(proc, groups(proc, sizes=(2,)))
-    with pytest.raises(RuntimeError, match="per-sample layout"):
-        shared_prefix_logprobs(model, b)
+    plain, ckpt = load_policy(str(d)).train(), load_policy(str(d))
+    ckpt.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    ckpt.train()
+    a, b = both(proc, groups(proc, sizes=(2, 3)))
+    _, g = make_cfgs(beta=0.0)
+
+    def grads(model, fn, batch):
+        logp, _ = fn(model, batch)
+        grpo_objective(logp, batch, None, g, None)[0].backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    ga, gb = grads(plain, completion_logprobs, a), grads(ckpt, shared_prefix_logprobs, b)
+    assert ga.keys() == gb.keys()
+    for n in ga:
+        scale = float(ga[n].abs().max()) + 1e-8
+        torch.testing.assert_close(gb[n] / scale, ga[n] / scale, atol=1e-4, rtol=0, msg=n)
