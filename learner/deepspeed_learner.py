@@ -188,7 +188,8 @@ class GRPOLearner:
         else:
             enc = encode_prompts(self.processor, samples, self._encoded)  # reused by _batch
             items = [(prompt_key(s), enc[prompt_key(s)][0].numel(), len(s.completion_ids)) for s in samples]
-            ranges = token_minis(items, budget, self.shared_prefix, self.mini_batches, reduce_max)
+            ranges = token_minis(items, budget, self.shared_prefix, self.mini_batches, self.cfg.micro_batch_size,
+                                 reduce_max)
         return None if ranges is None else [[samples[a:b] for a, b in m] for m in ranges]
 
     def _plan(self, samples: list[TrainSample], loss_agg: str):

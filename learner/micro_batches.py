@@ -76,34 +76,36 @@ def count_minis(n: int, micro_batch_size: int, mini_batches: int,
     return [chunks[bounds[j]:bounds[j + 1]] for j in range(n_mini)]
 
 
-def mini_batch_ranges(keys: Sequence[Hashable], n_mini: int) -> list[tuple[int, int]]:
-    """``n_mini`` contiguous ranges of about len/n_mini samples each, each cut moved to the nearest
-    group boundary (a change of prompt key) so a group stays in one mini-batch. Ranges are empty
-    only when there are fewer samples than mini-batches."""
+def mini_batch_ranges(keys: Sequence[Hashable], targets: Sequence[int]) -> list[tuple[int, int]]:
+    """Contiguous ranges cut at ``targets`` (sample indices), each cut moved to the nearest group
+    boundary (a change of prompt key) so a group stays in one mini-batch; a cut with no boundary
+    between its neighbours stays where it is."""
     n = len(keys)
     cuts = [i for i in range(1, n) if keys[i] != keys[i - 1]]
     ends = [0]
-    for j in range(1, n_mini):
-        target = round(j * n / n_mini)
-        room = n_mini - j if n >= n_mini else 0  # samples the later mini-batches still need
-        lo = ends[-1] + (1 if n >= n_mini else 0)
-        options = [c for c in cuts if lo <= c <= n - room]
-        ends.append(min(options, key=lambda c: (abs(c - target), c)) if options else min(max(target, lo), n - room))
+    for target in targets:
+        t = min(max(int(target), ends[-1]), n)
+        options = [c for c in cuts if c > ends[-1]] if ends[-1] < t < n else []
+        ends.append(min(options, key=lambda c: (abs(c - t), c)) if options else t)
     ends.append(n)
-    return [(ends[j], ends[j + 1]) for j in range(n_mini)]
+    return [(ends[j], ends[j + 1]) for j in range(len(ends) - 1)]
 
 
 def token_minis(items: Sequence[tuple[Hashable, int, int]], max_tokens: int, shared_prefix: bool,
-                mini_batches: int, reduce_max: Callable[[torch.Tensor], torch.Tensor],
+                mini_batches: int, micro_batch_size: int, reduce_max: Callable[[torch.Tensor], torch.Tensor],
                 ) -> list[list[tuple[int, int]]] | None:
-    """Mini-batches first (a share of the samples each, as with a fixed count: packing must not change
-    the optimizer steps), then each packed into micro-batches of at most ``max_tokens``."""
+    """The mini-batches a fixed ``micro_batch_size`` would give (cuts moved to group boundaries),
+    each then packed into micro-batches of at most ``max_tokens``: packing changes neither the
+    number of optimizer steps nor, when groups align with the fixed cuts, their samples."""
+    mb = max(1, int(micro_batch_size))
     n_max = int(reduce_max(torch.tensor([len(items)], dtype=torch.int64))[0])
     if n_max == 0:
         return None
-    n_mini = min(max(1, int(mini_batches)), n_max)
+    n_micro = -(-n_max // mb)
+    n_mini = min(max(1, int(mini_batches)), n_micro)
+    targets = [min(len(items), round(j * n_micro / n_mini) * mb) for j in range(1, n_mini)]
     out = []
-    for a, b in mini_batch_ranges([k for k, _, _ in items], n_mini):
+    for a, b in mini_batch_ranges([k for k, _, _ in items], targets):
         out.append([(a + x, a + y) for x, y in pack_by_tokens(items[a:b], max_tokens, shared_prefix)] if b > a else [])
     return out
 

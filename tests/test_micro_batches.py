@@ -52,14 +52,17 @@ def test_mini_batches_then_micro_batches():
     # fixed count: micro-batches of 2, then 2 mini-batches over the 3 micro-batches (bounds 0, 2, 3)
     assert count_minis(5, 2, 2, IDENT) == [[(0, 2), (2, 4)], [(4, 5)]]
     assert count_minis(0, 2, 2, IDENT) is None
-    # cuts move to the nearest group boundary: 16 = 4 groups of 4 in 4 mini-batches; 3 + 5 + 2 in 2 (target 5 -> 3)
-    assert mini_batch_ranges(list("aaaabbbbccccdddd"), 4) == [(0, 4), (4, 8), (8, 12), (12, 16)]
-    assert mini_batch_ranges(list("aaabbbbbcc"), 2) == [(0, 3), (3, 10)]
-    assert mini_batch_ranges(list("ab"), 3) == [(0, 1), (1, 1), (1, 2)]  # fewer samples than mini-batches
-    # by tokens: mini-batches first (a, then b + c), each packed within 40 tokens
-    assert token_minis(ITEMS, 40, True, 2, IDENT) == [[(0, 2)], [(2, 5), (5, 6)]]
-    # a budget that holds everything still gives the optimizer steps asked for
-    assert token_minis(ITEMS, 10**6, True, 2, IDENT) == [[(0, 2)], [(2, 6)]]
+    # cuts move to the nearest group boundary: 4 groups of 4 cut at 4, 8, 12; 3 + 5 + 2 cut at 5 -> 3
+    assert mini_batch_ranges(list("aaaabbbbccccdddd"), [4, 8, 12]) == [(0, 4), (4, 8), (8, 12), (12, 16)]
+    assert mini_batch_ranges(list("aaabbbbbcc"), [5]) == [(0, 3), (3, 10)]
+    assert mini_batch_ranges(list("aaaaaa"), [3]) == [(0, 3), (3, 6)]  # one group: no boundary to move to
+    assert mini_batch_ranges(list("ab"), [16, 32]) == [(0, 2), (2, 2), (2, 2)]  # a rank short of samples
+    # by tokens: the fixed count's mini-batches (micro-batches of 2 -> 3 of them, 2 mini-batches: cut at
+    # sample 4, moved to the group boundary 5), each packed within 40 tokens
+    assert token_minis(ITEMS, 40, True, 2, 2, IDENT) == [[(0, 2), (2, 5)], [(5, 6)]]
+    # a budget that holds everything still gives the optimizer steps a fixed count would
+    assert token_minis(ITEMS, 10**6, True, 2, 2, IDENT) == [[(0, 5)], [(5, 6)]]
+    assert token_minis(ITEMS, 10**6, True, 4, 6, IDENT) == [[(0, 6)]]  # one micro-batch of 6: one step
 
 
 def _s(n_tokens):
@@ -98,28 +101,32 @@ def _capture_grads(learner) -> list:
 
 
 def test_step_equals_across_layouts_and_packing(model_dir, dist_env):  # noqa: F811
-    """One GRPO step (beta > 0: the reference forward too; token-mean over micro-batches of
-    different sizes) from the same weights: per-sample rows, the shared prefix, and the shared
-    prefix packed by tokens (fewer, larger micro-batches) give the optimizer the same gradient."""
-    base = dict(lr=1e-3, micro_batch_size=3, mini_batches=1, beta=0.04, loss_agg="token_mean")
+    """One GRPO step of two mini-batches (beta > 0: the reference forward too; token-mean over
+    micro-batches of different sizes) from the same weights: per-sample rows, the shared prefix, and
+    the shared prefix packed by tokens (fewer, larger micro-batches) give the optimizer the same
+    gradients at both of its steps."""
+    # lr small enough that the second step's gradient does not feel Adam's noise on the first
+    base = dict(lr=1e-5, micro_batch_size=3, mini_batches=2, beta=0.04, loss_agg="token_mean")
     learners = {"per-sample": make_learner(model_dir, shared_prefix=False, **base),
                 "shared": make_learner(model_dir, shared_prefix=True, **base),
                 "packed": make_learner(model_dir, shared_prefix=True, max_tokens_per_micro_batch=700, **base)}
-    samples = groups(learners["shared"].processor, sizes=(3, 4, 2, 3))
+    samples = groups(learners["shared"].processor, sizes=(3, 3, 4, 2))  # mini-batches: samples 0-5, 6-11
     fixed = [len(c) for m in learners["shared"]._minis(samples) for c in m]
     packed = [len(c) for m in learners["packed"]._minis(samples) for c in m]
     assert fixed == [3, 3, 3, 3] and len(packed) < len(fixed), packed
+    assert [sum(len(c) for c in m) for m in learners["packed"]._minis(samples)] == [6, 6]
     grads = {k: _capture_grads(ln) for k, ln in learners.items()}
     w0 = weights(learners["shared"])
     out = {k: ln.train_step(samples) for k, ln in learners.items()}
     ref = out["per-sample"]
-    (g_ref,) = grads["per-sample"]
+    g_ref = [g for step in grads["per-sample"] for g in step]
+    assert len(grads["per-sample"]) == 2, "two mini-batches: two optimizer steps"
     scale = max(float(g.abs().max()) for g in g_ref)
     for k in ("shared", "packed"):
         assert out[k]["loss"] == pytest.approx(ref["loss"], rel=1e-4, abs=1e-6), k
         assert out[k]["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-4), k
         assert out[k]["vision_tokens_masked"] == ref["vision_tokens_masked"] == 1.0
-        (g_k,) = grads[k]
+        g_k = [g for step in grads[k] for g in step]
         assert len(g_k) == len(g_ref)
         for a, b in zip(g_k, g_ref):
             torch.testing.assert_close(a / scale, b / scale, atol=1e-4, rtol=0, msg=k)
