@@ -12,9 +12,7 @@ Decisions:
 - Layout: by default each prompt runs once per micro-batch for all its completions
   (``learner/shared_prefix.py``); ``learner.shared_prefix=false`` uses
   one prompt + completion row per sample (``learner/policy.py``). Policy and reference use the same.
-- Reference model (only when beta > 0): under ZeRO-3 it is a second DeepSpeed engine with
-  ZeRO-3 partitioning and no optimizer (partitioned like the policy, forward is collective);
-  under stages 0-2 it is a plain full copy in eval mode. Reference log-probs are computed
+- Reference model (only when beta > 0): ``learner/reference.py``. Its log-probs are computed
   once per ``train_step`` and reused across ``updates_per_batch`` passes.
 - One pass over the rank's samples = ``mini_batches`` optimizer steps (the micro-batches are
   split into that many contiguous mini-batches, each normalised over its own global counts);
@@ -58,6 +56,7 @@ from learner.policy import (
     to_device,
     vision_token_ids,
 )
+from learner.reference import adapter_disabled_logprobs, build_reference
 from learner.samples import TrainSample, dummy_sample
 from learner.shared_prefix import build_prefix_inputs, shared_prefix_logprobs
 from learner.weights_digest import weights_digest
@@ -132,21 +131,8 @@ class GRPOLearner:
         self.ref = None
         self.beta = float(grpo_cfg.beta)
         if self.beta > 0 and not self.lora:  # under LoRA the reference is the base: the adapter disabled
-            ref = load_policy(self.model_path, dtype=dtype, attn_implementation=attn_implementation)
-            ref.config.use_cache = False
-            ref.requires_grad_(False)
-            ref.eval()
-            if self.stage == 3:
-                ref_cfg = {"train_micro_batch_size_per_gpu": ds_config["train_micro_batch_size_per_gpu"],
-                           "gradient_accumulation_steps": ds_config["gradient_accumulation_steps"],
-                           "train_batch_size": ds_config["train_batch_size"],
-                           "zero_optimization": {"stage": 3, "overlap_comm": False},
-                           "bf16": {"enabled": bool(learner_cfg.bf16)},
-                           "steps_per_print": 1 << 30}
-                self.ref, *_ = deepspeed.initialize(model=ref, config=ref_cfg)
-                self.ref.eval()
-            else:
-                self.ref = ref.to(device=self.device, dtype=self.compute_dtype)
+            self.ref = build_reference(self.model_path, dtype, attn_implementation, self.stage, ds_config,
+                                       learner_cfg.bf16, self.device, self.compute_dtype)
         self.optimizer_steps = 0
         self.shared_prefix = bool(learner_cfg.shared_prefix)
         self._encoded: dict = {}  # prompt key -> processor output, within one train_step
@@ -170,14 +156,7 @@ class GRPOLearner:
     def _ref_logprobs(self, b) -> torch.Tensor:
         if self.ref is not None:
             return self._logprobs(self.ref, b)[0]
-        module = self.engine.module  # LoRA: the base model is the reference, no second copy
-        was_training = module.training
-        module.eval()
-        try:
-            with module.disable_adapter():
-                return self._logprobs(module, b)[0]
-        finally:
-            module.train(was_training)
+        return adapter_disabled_logprobs(self.engine.module, self._logprobs, b)  # LoRA: no second copy
 
     def _minis(self, samples: list[TrainSample]) -> list[list[list[TrainSample]]] | None:
         """This rank's micro-batches per mini-batch: a fixed sample count, or packed by padded tokens."""
