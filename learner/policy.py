@@ -5,7 +5,8 @@ the class the checkpoint's config names, and each model computes its own M-RoPE 
 from ``input_ids``, ``image_grid_thw``, ``mm_token_type_ids`` and the attention mask.
 
 The per-sample layout (``learner.shared_prefix=false``; the default shares each prompt over its
-completions, ``learner/shared_prefix.py``) is RIGHT-padded: row i is ``prompt_i (image pads expanded) + completion_i + pad``.
+completions, ``learner/shared_prefix.py``) is RIGHT-padded: row i is
+``prompt_i (image pads expanded) + completion_i + pad``.
 Only the logits that predict completion tokens are materialised: the model is asked for
 the positions ``[min_i P_i - 1, max_i (P_i + C_i) - 1)`` (``logits_to_keep`` as an index
 tensor), and each row's own window is gathered from that slice. With prompts of similar
