@@ -7,17 +7,12 @@ Decisions:
 - Optimizer: ``torch.optim.AdamW`` passed to DeepSpeed as a client optimizer (runs on CPU
   and GPU without compiling ops). With ``offload_optimizer`` DeepSpeed's CPU AdamW is used
   instead (DeepSpeed JIT-builds its cpu_adam op; gcc + ninja needed).
-- Loss normalisation is global: each micro-batch loss is weighted by its share of the
-  *global* batch (sequences, or tokens for ``token_mean``; counts all-reduced once per
-  step) times world size, and ``backward(scale_wrt_gas=False)``. DeepSpeed's rank average
-  then yields exactly the gradient of the loss over the whole batch, however the samples
-  are split across ranks and micro-batches.
-- Every rank runs the same number of micro-batches (max over ranks); a rank short of
-  micro-batches (or with no samples) runs a dummy micro-batch with loss weight 0, so ZeRO
-  collectives never deadlock. If the whole world has no sample, no step is taken.
-- Reference model (only when beta > 0): under ZeRO-3 it is a second DeepSpeed engine with
-  ZeRO-3 partitioning and no optimizer (partitioned like the policy, forward is collective);
-  under stages 0-2 it is a plain full copy in eval mode. Reference log-probs are computed
+- Micro-batches (a sample count or a token budget), mini-batch bounds and the loss weights that
+  make gradient accumulation exact over ranks and micro-batches: ``learner/micro_batches.py``.
+- Layout: by default each prompt runs once per micro-batch for all its completions
+  (``learner/shared_prefix.py``); ``learner.shared_prefix=false`` uses
+  one prompt + completion row per sample (``learner/policy.py``). Policy and reference use the same.
+- Reference model (only when beta > 0): ``learner/reference.py``. Its log-probs are computed
   once per ``train_step`` and reused across ``updates_per_batch`` passes.
 - One pass over the rank's samples = ``mini_batches`` optimizer steps (the micro-batches are
   split into that many contiguous mini-batches, each normalised over its own global counts);
@@ -46,18 +41,24 @@ import torch.distributed as dist
 from learner import checkpoint_atomic, checkpoint_manifest, lora
 from learner.ds_config import build_ds_config, build_scheduler
 from learner.ds_safe_load import use_weights_only_loads
-from learner.grpo import grpo_loss
 from learner.image_codec import decode_image
+from learner.micro_batches import count_minis, token_minis, weighted_micro_batches
+from learner.objectives import grpo_objective, sft_objective
 from learner.policy import (
     build_inputs,
     completion_logprobs,
+    encode_prompts,
     exported_parameters,
     load_policy,
     load_processor,
+    prompt_key,
     resolve_dtype,
     to_device,
+    vision_token_ids,
 )
+from learner.reference import adapter_disabled_logprobs, build_reference
 from learner.samples import TrainSample, dummy_sample
+from learner.shared_prefix import build_prefix_inputs, shared_prefix_logprobs
 from learner.weights_digest import weights_digest
 
 log = logging.getLogger(__name__)
@@ -130,22 +131,12 @@ class GRPOLearner:
         self.ref = None
         self.beta = float(grpo_cfg.beta)
         if self.beta > 0 and not self.lora:  # under LoRA the reference is the base: the adapter disabled
-            ref = load_policy(self.model_path, dtype=dtype, attn_implementation=attn_implementation)
-            ref.config.use_cache = False
-            ref.requires_grad_(False)
-            ref.eval()
-            if self.stage == 3:
-                ref_cfg = {"train_micro_batch_size_per_gpu": ds_config["train_micro_batch_size_per_gpu"],
-                           "gradient_accumulation_steps": ds_config["gradient_accumulation_steps"],
-                           "train_batch_size": ds_config["train_batch_size"],
-                           "zero_optimization": {"stage": 3, "overlap_comm": False},
-                           "bf16": {"enabled": bool(learner_cfg.bf16)},
-                           "steps_per_print": 1 << 30}
-                self.ref, *_ = deepspeed.initialize(model=ref, config=ref_cfg)
-                self.ref.eval()
-            else:
-                self.ref = ref.to(device=self.device, dtype=self.compute_dtype)
+            self.ref = build_reference(self.model_path, dtype, attn_implementation, self.stage, ds_config,
+                                       learner_cfg.bf16, self.device, self.compute_dtype)
         self.optimizer_steps = 0
+        self.shared_prefix = bool(learner_cfg.shared_prefix)
+        self._encoded: dict = {}  # prompt key -> processor output, within one train_step
+        self._vision_ids = set(vision_token_ids(self.processor.tokenizer))  # masked out of the loss
         log.info("GRPOLearner rank %d/%d: ZeRO-%d, backend %s, %d of %d parameters trained, ds_config %s",
                  self.rank, self.world_size, self.stage, backend, trainable, total, json.dumps(ds_config))
 
@@ -164,54 +155,53 @@ class GRPOLearner:
 
     def _ref_logprobs(self, b) -> torch.Tensor:
         if self.ref is not None:
-            return completion_logprobs(self.ref, b, self.temperature)[0]
-        module = self.engine.module  # LoRA: the base model is the reference, no second copy
-        was_training = module.training
-        module.eval()
-        try:
-            with module.disable_adapter():
-                return completion_logprobs(module, b, self.temperature)[0]
-        finally:
-            module.train(was_training)
+            return self._logprobs(self.ref, b)[0]
+        return adapter_disabled_logprobs(self.engine.module, self._logprobs, b)  # LoRA: no second copy
+
+    def _minis(self, samples: list[TrainSample]) -> list[list[list[TrainSample]]] | None:
+        """This rank's micro-batches per mini-batch: a fixed sample count, or packed by padded tokens."""
+        reduce_max = lambda t: self._all_reduce(t, dist.ReduceOp.MAX)  # noqa: E731
+        budget = int(self.cfg.max_tokens_per_micro_batch)
+        if budget <= 0:
+            ranges = count_minis(len(samples), self.cfg.micro_batch_size, self.mini_batches, reduce_max)
+        else:
+            enc = encode_prompts(self.processor, samples, self._encoded)  # reused by _batch
+            items = [(prompt_key(s), enc[prompt_key(s)][0].numel(), len(s.completion_ids)) for s in samples]
+            ranges = token_minis(items, budget, self.shared_prefix, self.mini_batches, self.cfg.micro_batch_size,
+                                 reduce_max)
+        return None if ranges is None else [[samples[a:b] for a, b in m] for m in ranges]
+
+    def _plan(self, samples: list[TrainSample], loss_agg: str):
+        minis = self._minis(samples)
+        if minis is None:
+            return None
+        return weighted_micro_batches(minis, loss_agg, self.world_size,
+                                      lambda t: self._all_reduce(t, dist.ReduceOp.MAX), self._all_reduce,
+                                      samples[:1] or [self._dummy],
+                                      lambda s: sum(t not in self._vision_ids for t in s.completion_ids))
 
     def _batch(self, samples):
-        b = build_inputs(self.processor, samples, self.pad_id)
-        return to_device(b, self.device, float_dtype=self.compute_dtype)
+        build = build_prefix_inputs if self.shared_prefix else build_inputs
+        return to_device(build(self.processor, samples, self.pad_id, self._encoded), self.device,
+                         float_dtype=self.compute_dtype)
+
+    def _logprobs(self, model, b, compute_entropy: bool = False):
+        fn = shared_prefix_logprobs if self.shared_prefix else completion_logprobs
+        return fn(model, b, self.temperature, compute_entropy=compute_entropy)
 
     # ------------------------------------------------------------------ training
     def train_step(self, samples: list[TrainSample]) -> dict[str, float]:
         t0 = time.perf_counter()
+        self._encoded.clear()
         g = self.grpo
         loss_agg = "token_mean" if self.objective == "sft" else str(g.loss_agg)
-        mb = int(self.cfg.micro_batch_size)
-        chunks = [samples[i:i + mb] for i in range(0, len(samples), mb)]
-        n_micro = int(self._all_reduce(torch.tensor([len(chunks)], dtype=torch.int64), dist.ReduceOp.MAX)[0])
-        if n_micro == 0:
+        plan = self._plan(samples, loss_agg)
+        if plan is None:
             return {"skipped": 1.0, "num_samples": 0.0, "learner_time": time.perf_counter() - t0}
-        # Mini-batch j is micro-batches bounds[j]:bounds[j+1] on every rank (same split everywhere).
-        n_mini = min(self.mini_batches, n_micro)
-        bounds = [round(j * n_micro / n_mini) for j in range(n_mini + 1)]
-        local = torch.zeros(2 * n_mini, dtype=torch.float64)  # [seqs_0, tokens_0, seqs_1, ...]
-        for j in range(n_mini):
-            for c in chunks[bounds[j]:bounds[j + 1]]:
-                local[2 * j] += len(c)
-                local[2 * j + 1] += sum(len(s.completion_ids) for s in c)
-        counts = self._all_reduce(local)  # every mini-batch holds samples: the longest rank fills each
-        filler = samples[:1] or [self._dummy]
-        # (samples, weight): weight = share of its mini-batch's global batch * world (DeepSpeed
-        # averages over ranks), so each optimizer step follows exactly that mini-batch's loss.
-        micro = []
-        for j in range(n_mini):
-            seqs, tokens = float(counts[2 * j]), float(counts[2 * j + 1])
-            for i in range(bounds[j], bounds[j + 1]):
-                if i < len(chunks):
-                    c = chunks[i]
-                    share = (sum(len(s.completion_ids) for s in c) / max(tokens, 1.0)
-                             if loss_agg == "token_mean" else len(c) / max(seqs, 1.0))
-                    micro.append((c, share * self.world_size))
-                else:
-                    micro.append((filler, 0.0))
+        micro, bounds = plan
+        n_mini = len(bounds) - 1
         batches = [self._batch(c) for c, _ in micro]
+        self._encoded.clear()
 
         ref_logps: list[Optional[torch.Tensor]] = [None] * len(batches)
         if self.beta > 0:
@@ -229,11 +219,11 @@ class GRPOLearner:
                 for i in range(bounds[j], bounds[j + 1]):
                     b, (c, w) = batches[i], micro[i]
                     self.engine.set_gradient_accumulation_boundary(i == bounds[j + 1] - 1)
-                    logp, ent = completion_logprobs(self.engine, b, self.temperature, compute_entropy=True)
+                    logp, ent = self._logprobs(self.engine, b, compute_entropy=True)
                     if self.objective == "sft":
-                        loss, m = _sft_loss(logp, b, ent)
+                        loss, m = sft_objective(logp, b, ent)
                     else:
-                        loss, m = _grpo_loss(logp, b, ref_logps[i], g, ent)
+                        loss, m = grpo_objective(logp, b, ref_logps[i], g, ent)
                     self.engine.backward(loss * w, scale_wrt_gas=False)
                     if w > 0:
                         loss_total += float(m["loss"]) * w
@@ -376,24 +366,3 @@ class GRPOLearner:
             module.train(was_training)
         return out[0, enc["input_ids"].shape[1]:].tolist()
 
-
-def _grpo_loss(logp, b, ref_logp, g, entropy):
-    beta = float(g.beta)
-    return grpo_loss(logp, b["old_logprobs"], b["advantages"], b["completion_mask"],
-                     ref_logp if beta > 0 else None,
-                     beta=beta, kl_estimator=str(g.kl_estimator), kl_clamp=float(g.kl_clamp),
-                     clip_low=float(g.clip_low),
-                     clip_high=float(g.clip_high), loss_agg=str(g.loss_agg),
-                     seq_sum_norm_constant=float(g.seq_sum_norm_constant), entropy=entropy,
-                     ratio_level=str(g.ratio_level))
-
-
-def _sft_loss(logp, b, entropy):
-    """Token-mean NLL over the completion tokens of this micro-batch."""
-    mask = b["completion_mask"].to(logp.dtype)
-    n = mask.sum().clamp(min=1.0)
-    loss = -(logp * mask).sum() / n
-    m = {"loss": float(loss.detach()), "nll": float(loss.detach()), "num_tokens": float(mask.sum())}
-    if entropy is not None:
-        m["entropy"] = float((entropy.detach() * mask).sum() / n)
-    return loss, m

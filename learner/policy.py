@@ -4,7 +4,9 @@ Every family (``learner/model_family.py``) goes through the same code: the auto 
 the class the checkpoint's config names, and each model computes its own M-RoPE positions
 from ``input_ids``, ``image_grid_thw``, ``mm_token_type_ids`` and the attention mask.
 
-Batches are RIGHT-padded: row i is ``prompt_i (image pads expanded) + completion_i + pad``.
+The per-sample layout (``learner.shared_prefix=false``; the default shares each prompt over its
+completions, ``learner/shared_prefix.py``) is RIGHT-padded: row i is
+``prompt_i (image pads expanded) + completion_i + pad``.
 Only the logits that predict completion tokens are materialised: the model is asked for
 the positions ``[min_i P_i - 1, max_i (P_i + C_i) - 1)`` (``logits_to_keep`` as an index
 tensor), and each row's own window is gathered from that slice. With prompts of similar
@@ -62,8 +64,60 @@ def load_processor(path: str):
     return AutoProcessor.from_pretrained(path, trust_remote_code=False)
 
 
-def build_inputs(processor, samples: Sequence[TrainSample], pad_id: int) -> dict[str, torch.Tensor]:
-    """Batch samples for one forward pass.
+def prompt_key(sample: TrainSample) -> tuple[str, bytes]:
+    """Samples with the same key share their whole prompt, image included (the G completions of a group)."""
+    return sample.prompt_text, sample.image
+
+
+def encode_prompts(processor, samples: Sequence[TrainSample], cache: Optional[dict] = None) -> dict:
+    """prompt key -> (input_ids [P], mm_token_type_ids [P], pixel_values, image_grid_thw), each prompt encoded once.
+
+    ``cache`` (filled in place) lets a caller that already encoded some prompts (to count their
+    tokens) skip the image processor the second time."""
+    cache = {} if cache is None else cache
+    for s in samples:
+        key = prompt_key(s)
+        if key in cache:
+            continue
+        enc = processor(text=[s.prompt_text], images=[decode_image(s.image)], return_tensors="pt")
+        ids = enc["input_ids"][0]
+        tt = enc.get("mm_token_type_ids")
+        cache[key] = (ids, tt[0] if tt is not None else torch.zeros_like(ids), enc["pixel_values"],
+                      enc["image_grid_thw"])
+    return cache
+
+
+def completion_tensors(samples: Sequence[TrainSample], vision_ids: torch.Tensor, pad_id: int) -> dict:
+    """The completion side of a batch, the same in every layout (what the loss reads).
+
+    completion_ids, completion_mask, old_logprobs [B, T_c]; advantages, completion_lengths [B];
+    fed [B, T_c]: the ids the model reads (sampled vision tokens as pad); vision_tokens [].
+    """
+    B = len(samples)
+    C = torch.tensor([len(s.completion_ids) for s in samples], dtype=torch.long)
+    Tc = max(int(C.max()), 1)
+    completion_ids = torch.full((B, Tc), int(pad_id), dtype=torch.long)
+    fed = torch.full((B, Tc), int(pad_id), dtype=torch.long)
+    completion_mask = torch.zeros((B, Tc), dtype=torch.float32)
+    old_logprobs = torch.zeros((B, Tc), dtype=torch.float32)
+    vision_tokens = 0
+    for i, s in enumerate(samples):
+        comp = torch.tensor(s.completion_ids, dtype=torch.long)
+        c = comp.numel()
+        vision = torch.isin(comp, vision_ids)  # sampled vision tokens: not placeholders, not trained on
+        vision_tokens += int(vision.sum())
+        completion_ids[i, :c] = comp
+        fed[i, :c] = comp.masked_fill(vision, int(pad_id))
+        completion_mask[i, :c] = (~vision).float()
+        old_logprobs[i, :c] = torch.tensor(s.old_logprobs, dtype=torch.float32)
+    return {"completion_ids": completion_ids, "completion_mask": completion_mask, "old_logprobs": old_logprobs,
+            "advantages": torch.tensor([float(s.advantage) for s in samples], dtype=torch.float32),
+            "completion_lengths": C, "fed": fed, "vision_tokens": torch.tensor(vision_tokens)}
+
+
+def build_inputs(processor, samples: Sequence[TrainSample], pad_id: int,
+                 encoded: Optional[dict] = None) -> dict[str, torch.Tensor]:
+    """Batch samples for one forward pass, one row per sample (the per-sample layout).
 
     Returns (CPU tensors):
       input_ids, attention_mask, mm_token_type_ids  [B, L]  prompt + completion, right-padded
@@ -74,52 +128,31 @@ def build_inputs(processor, samples: Sequence[TrainSample], pad_id: int) -> dict
     """
     if not samples:
         raise ValueError("build_inputs needs at least one sample")
-    rows, pixel_values, grids = [], [], []
-    vision_ids = torch.tensor(vision_token_ids(processor.tokenizer), dtype=torch.long)
-    for s in samples:
-        enc = processor(text=[s.prompt_text], images=[decode_image(s.image)], return_tensors="pt")
-        ids = enc["input_ids"][0]
-        tt = enc.get("mm_token_type_ids")
-        tt = tt[0] if tt is not None else torch.zeros_like(ids)
-        rows.append((ids, tt, torch.tensor(s.completion_ids, dtype=torch.long)))
-        pixel_values.append(enc["pixel_values"])
-        grids.append(enc["image_grid_thw"])
+    encoded = encode_prompts(processor, samples, encoded)
+    rows = [encoded[prompt_key(s)] for s in samples]
+    out = completion_tensors(samples, torch.tensor(vision_token_ids(processor.tokenizer), dtype=torch.long), pad_id)
+    fed = out.pop("fed")
     B = len(samples)
     P = torch.tensor([r[0].numel() for r in rows], dtype=torch.long)
-    C = torch.tensor([r[2].numel() for r in rows], dtype=torch.long)
+    C = out["completion_lengths"]
     L = int((P + C).max())
-    Tc = max(int(C.max()), 1)
     input_ids = torch.full((B, L), int(pad_id), dtype=torch.long)
     attention_mask = torch.zeros((B, L), dtype=torch.long)
     mm_token_type_ids = torch.zeros((B, L), dtype=torch.long)
-    completion_ids = torch.full((B, Tc), int(pad_id), dtype=torch.long)
-    completion_mask = torch.zeros((B, Tc), dtype=torch.float32)
-    old_logprobs = torch.zeros((B, Tc), dtype=torch.float32)
-    vision_tokens = 0
-    for i, ((ids, tt, comp), s) in enumerate(zip(rows, samples)):
-        p, c = ids.numel(), comp.numel()
-        vision = torch.isin(comp, vision_ids)  # sampled vision tokens: not placeholders, not trained on
-        vision_tokens += int(vision.sum())
+    for i, (ids, tt, _, _) in enumerate(rows):
+        p, c = ids.numel(), int(C[i])
         input_ids[i, :p] = ids
-        input_ids[i, p:p + c] = comp.masked_fill(vision, int(pad_id))
+        input_ids[i, p:p + c] = fed[i, :c]
         attention_mask[i, :p + c] = 1
         mm_token_type_ids[i, :p] = tt
-        completion_ids[i, :c] = comp
-        completion_mask[i, :c] = (~vision).float()
-        old_logprobs[i, :c] = torch.tensor(s.old_logprobs, dtype=torch.float32)
     return {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "mm_token_type_ids": mm_token_type_ids,
-        "pixel_values": torch.cat(pixel_values, dim=0),
-        "image_grid_thw": torch.cat(grids, dim=0),
-        "completion_ids": completion_ids,
-        "completion_mask": completion_mask,
-        "old_logprobs": old_logprobs,
-        "advantages": torch.tensor([float(s.advantage) for s in samples], dtype=torch.float32),
+        "pixel_values": torch.cat([r[2] for r in rows], dim=0),
+        "image_grid_thw": torch.cat([r[3] for r in rows], dim=0),
         "prompt_lengths": P,
-        "completion_lengths": C,
-        "vision_tokens": torch.tensor(vision_tokens),
+        **out,
     }
 
 
@@ -147,7 +180,7 @@ def completion_logprobs(model, batch: dict[str, torch.Tensor], temperature: floa
     P, C = batch["prompt_lengths"], batch["completion_lengths"]
     comp = batch["completion_ids"]
     mask = batch["completion_mask"].bool()
-    B, Tc = comp.shape
+    Tc = comp.shape[1]
     device = comp.device
     # Logits at position t predict token t+1: completion token j of row i is predicted at P_i - 1 + j.
     lo = int((P - 1).min())
@@ -158,7 +191,13 @@ def completion_logprobs(model, batch: dict[str, torch.Tensor], temperature: floa
     W = logits.shape[1]
     idx = (P.to(device) - 1 - lo)[:, None] + torch.arange(Tc, device=device)[None, :]
     idx = idx.clamp(0, W - 1)
-    logits = torch.gather(logits, 1, idx[:, :, None].expand(-1, -1, logits.shape[-1])).float()
+    logits = torch.gather(logits, 1, idx[:, :, None].expand(-1, -1, logits.shape[-1]))
+    return token_logprobs(logits, comp, mask, temperature, compute_entropy)
+
+
+def token_logprobs(logits, comp, mask, temperature: float = 1.0, compute_entropy: bool = False):
+    """log p(comp) and (no-grad) entropy from the logits that predict each completion token [B, T_c, V]."""
+    logits = logits.float()
     if temperature != 1.0:
         logits = logits / temperature
     lse = torch.logsumexp(logits, dim=-1)

@@ -10,7 +10,12 @@ and vLLM's name mapper for the family takes it from there.
 from __future__ import annotations
 
 from transformers.conversion_mapping import get_model_conversion_mapping
-from transformers.core_model_loading import PrefixChange, WeightConverter, WeightRenaming, rename_source_key
+from transformers.core_model_loading import (
+    PrefixChange,
+    WeightConverter,
+    WeightRenaming,
+    rename_source_key,
+)
 
 
 def save_renamings(model) -> list[WeightRenaming]:

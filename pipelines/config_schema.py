@@ -196,6 +196,12 @@ class LearnerConfig:
     lr_scheduler: LRSchedule = LRSchedule.constant
     warmup_ratio: float = 0.0
     micro_batch_size: int = 4
+    # Micro-batches packed by token count instead (padded tokens of the forward, groups kept whole
+    # when they fit); 0: micro_batch_size samples each.
+    max_tokens_per_micro_batch: int = 0
+    # Each prompt (image included) runs once per micro-batch for all its completions (learner/shared_prefix.py);
+    # false: one prompt + completion row per sample.
+    shared_prefix: bool = True
     grad_clip: float = 1.0
     bf16: bool = False
     gradient_checkpointing: bool = False

@@ -55,7 +55,7 @@ def test_lora_trains_the_adapter_pushes_merged_weights_and_exports(model_dir, di
     from peft import PeftModel
     from safetensors.torch import load_file
 
-    from learner.policy import completion_logprobs, load_policy, vllm_state_dict
+    from learner.policy import load_policy, vllm_state_dict
     from pipelines.cli.main import main
 
     learner = _learner(model_dir)
@@ -86,8 +86,8 @@ def test_lora_trains_the_adapter_pushes_merged_weights_and_exports(model_dir, di
     batch = learner._batch(samples[:2])
     with torch.no_grad():
         ref = learner._ref_logprobs(batch)
-        base_logp, _ = completion_logprobs(load_policy(str(model_dir)).eval(), batch)
-        pol, _ = completion_logprobs(learner.engine.module.eval(), batch)
+        base_logp, _ = learner._logprobs(load_policy(str(model_dir)).eval(), batch)
+        pol, _ = learner._logprobs(learner.engine.module.eval(), batch)
     torch.testing.assert_close(ref, base_logp, atol=2e-5, rtol=0)
     assert (pol - base_logp).abs().max() > 1e-3, "the adapter changes the policy"
 
