@@ -38,11 +38,21 @@ class RunTraces:
 
         self.train = writer("train", data.train_split)
         self.eval = writer("eval", data.test_split)
+        self._heads: Optional[dict[str, str]] = None  # the final heads, once closed
         self._weights: dict[int, Any] = {}  # version -> hex, or the learner's pending ObjectRef
 
     def note_weights(self, version: int, ref) -> None:
         """The SHA-256 of ``version`` (an ObjectRef: resolved when a row first needs it, after the rollout)."""
         self._weights[version] = ref
+
+    def note_start(self, checkpoint: str | None, step: int) -> None:
+        """A resumed run, or a rerun over rows an earlier attempt left (no checkpoint: it starts over), records
+        in the train chain where its rows start and which checkpoint head it continues: rows between that head
+        and here were sampled by a run that stopped before its next checkpoint (``pipelines/audit/ledger.py``)."""
+        if checkpoint or self.train.rows_written():
+            self.train.note_resume({"checkpoint": str(checkpoint or ""), "step": int(step),
+                                    "checkpoint_head": checkpoint_heads(checkpoint).get("train", "") if checkpoint
+                                    else ""})
 
     def weights_sha256(self, version: int) -> str:
         v = self._weights.get(version, "")
@@ -63,8 +73,10 @@ class RunTraces:
         return heads, {HEADS_FILE: text + "\n"}
 
     def close(self) -> dict[str, Any]:
-        """Close both writers; the summary's trace fields."""
-        heads = self.heads()
-        self.train.close()
-        self.eval.close()
+        """Close both writers (once: a stopped run's shutdown closes them too); the summary's trace fields."""
+        if self._heads is None:
+            self._heads = self.heads()
+            self.train.close()
+            self.eval.close()
+        heads = self._heads
         return {"trace_heads": heads, "trace_head": combined_head(heads), "trace_run_id": self.train.run_id}
