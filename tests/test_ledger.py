@@ -139,3 +139,23 @@ def test_phase_marker_says_where_the_driver_is(tmp_path):
         assert "napping" in str(e)
     else:
         raise AssertionError("an unknown phase must be refused")
+
+
+def test_a_rerun_records_its_start_only_over_earlier_rows(tmp_path):
+    """RunTraces.note_start: a first run records nothing; a rerun of the same directory without a checkpoint
+    (it starts over) records where its rows start, with no head, so every earlier row is abandoned."""
+    from pipelines.config import load_config
+    from pipelines.training.run_traces import RunTraces
+
+    out = tmp_path / "run"
+    cfg = load_config("smoke.yaml", [f"trainer.output_dir={out}"])
+    tr = RunTraces(cfg, out)
+    tr.note_start(None, 0)
+    tr.train.add(_train_rows(0, ["a", "b"]))
+    tr.close()
+    assert "resumes" not in read_manifest(out / "traces")["chains"]["train"]
+    tr = RunTraces(cfg, out)
+    tr.note_start(None, 0)
+    tr.close()
+    assert read_manifest(out / "traces")["chains"]["train"]["resumes"] == [
+        {"checkpoint": "", "step": 0, "checkpoint_head": "", "at_seq": 4}]
