@@ -4,6 +4,7 @@ recorded in each checkpoint and at the end of the run."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any, Optional
 
@@ -12,6 +13,8 @@ import ray
 from pipelines.traces import TraceWriter
 from pipelines.tracing.chain import combined_head
 from pipelines.tracing.provenance import config_sha256
+
+log = logging.getLogger(__name__)
 
 HEADS_FILE = "trace/HEADS.json"  # inside a checkpoint, sealed with it by learner/checkpoint_manifest.py
 
@@ -57,7 +60,12 @@ class RunTraces:
     def weights_sha256(self, version: int) -> str:
         v = self._weights.get(version, "")
         if isinstance(v, ray.ObjectRef):
-            v = self._weights[version] = ray.get(v) or ""
+            try:
+                v = ray.get(v) or ""
+            except ray.exceptions.RayError as e:  # the learner died: the step's learner call stops the run, naming it
+                log.warning("weights SHA-256 of version %d unavailable (%s); rows cite none", version, type(e).__name__)
+                v = ""
+            self._weights[version] = v
         return v
 
     def heads(self) -> dict[str, str]:
