@@ -70,6 +70,11 @@ def test_lost_reordered_and_uncommitted_groups_are_found():
     assert (lg.trained, lg.missing, lg.duplicated, lg.order_ok) == (5, 1, 0, False)
     assert lg.prompts["d"] == {"scheduled": [1], "trained": []}
 
+    stray = SCHED[:3] + [(1, "z")] + SCHED[4:]  # a prompt the schedule never gave step 1
+    rows = _rows(stray)
+    lg = build_ledger(rows, [], rows[-1]["row_sha256"], SCHED, G, end_step=3)
+    assert (lg.trained, lg.missing, lg.duplicated, lg.ok) == (5, 1, 1, False)
+
     swapped = SCHED[:2] + [SCHED[3], SCHED[2]] + SCHED[4:]
     rows = _rows(swapped)
     lg = build_ledger(rows, [], rows[-1]["row_sha256"], SCHED, G, end_step=3)
