@@ -61,14 +61,10 @@ def save_checkpoint(lrn, directory: str, client_state: Optional[dict], files: Op
                                    client_state={"medr1_client_state": dict(client_state or {}),
                                                  "medr1_optimizer_steps": lrn.optimizer_steps},
                                    exclude_frozen_parameters=lrn.lora)
-    except dist.DistError as e:  # not this rank's write: another rank is gone (its failure is its own to report)
-        raise checkpoint_atomic.CheckpointWriteError(
-            errno.EIO, f"saving checkpoint {d}: another rank stopped answering ({_first_line(e)}); the staging "
-            "copy is left for the next save to remove and the previous checkpoints are untouched") from e
-    except _WRITE_ERRORS as e:
+    except _WRITE_ERRORS as e:  # this rank's write, or a collective with a rank that is gone
         err = err or e
-        if lrn.world_size > 1:
-            dist.barrier()  # in place of DeepSpeed's closing barrier, which the other ranks are waiting in
+        if lrn.world_size > 1:  # in place of DeepSpeed's closing barrier, which the other ranks are waiting in
+            _collective(d, lambda: dist.barrier())
     if lrn.rank == 0 and err is None:
         try:  # readable (and sealed) without loading the engine: what the driver checks first
             (stage / "deepspeed" / CLIENT_STATE).write_text(json.dumps(client_state or {}, default=str))
@@ -104,7 +100,7 @@ def _staging(lrn, d: Path) -> Path:
         except OSError as e:
             stamp[0] = f"!{type(e).__name__}: {e}"
     if lrn.world_size > 1:  # also a barrier: no rank writes before the directory exists
-        dist.broadcast_object_list(stamp, src=0, group=lrn._cpu_group)
+        _collective(d, lambda: dist.broadcast_object_list(stamp, src=0, group=lrn._cpu_group))
     if stamp[0].startswith("!"):
         raise checkpoint_atomic.CheckpointWriteError(
             errno.EIO, f"saving checkpoint {d} failed on rank 0 (its staging directory: {stamp[0][1:]}); nothing "
@@ -122,11 +118,11 @@ def agree(lrn, err: Optional[BaseException], d: Path, wait_s: float) -> list[tup
         dist.monitored_barrier(group=lrn._cpu_group, timeout=timedelta(seconds=wait_s), wait_all_ranks=True)
     except RuntimeError as e:  # gloo names the ranks that did not arrive (on rank 0; the others name rank 0)
         raise checkpoint_atomic.CheckpointWriteError(
-            errno.ETIMEDOUT, f"saving checkpoint {d}: not every rank finished its part within {wait_s:.0f}s "
-            f"({_first_line(e)}); the staging copy is left for the next save to remove and the "
-            "previous checkpoints are untouched") from err
+            errno.ETIMEDOUT, f"saving checkpoint {d}: not every rank finished its part (waited at most "
+            f"{wait_s:.0f}s: {_first_line(e)}); the staging copy is left for the next save to remove and the "
+            "previous checkpoints are untouched") from e
     outcomes: list = [None] * lrn.world_size
-    dist.all_gather_object(outcomes, mine, group=lrn._cpu_group)
+    _collective(d, lambda: dist.all_gather_object(outcomes, mine, group=lrn._cpu_group))
     return [o for o in outcomes if o]
 
 
@@ -140,6 +136,16 @@ def _failure(lrn, d: Path, stage: Path, err: Optional[BaseException],
     local = err if rank == lrn.rank else None
     return checkpoint_atomic.write_failed(d, stage, local or OSError(code or errno.EIO, message), rank=rank,
                                           remove=lrn.rank == 0, why=None if local else message + more)
+
+
+def _collective(d: Path, call) -> None:
+    """A collective of the save; a rank that is gone (its connection closed) is an error naming the save."""
+    try:
+        call()
+    except RuntimeError as e:  # gloo: "Connection closed by peer", a timeout, ...
+        raise checkpoint_atomic.CheckpointWriteError(
+            errno.EIO, f"saving checkpoint {d}: another rank stopped answering ({_first_line(e)}); the staging "
+            "copy is left for the next save to remove and the previous checkpoints are untouched") from e
 
 
 def _first_line(e: BaseException) -> str:

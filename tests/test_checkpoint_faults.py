@@ -55,6 +55,19 @@ def test_disk_full_mid_save_leaves_the_previous_checkpoint(learner, tmp_path, mo
     assert learner.load_checkpoint(str(run / "checkpoints" / "step_1")) == {"step": 1}
 
 
+def test_disk_full_during_the_hf_export_fails_the_save(learner, tmp_path, monkeypatch):
+    """The HF weights are written first, by rank 0 alone; their failure must fail the save like any other."""
+    import transformers.modeling_utils
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", full)
+    target = tmp_path / "checkpoints" / "step_1"
+    with pytest.raises(CheckpointWriteError, match="the disk is full"):
+        learner.save_checkpoint(str(target), {"step": 1})
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+
+
 def test_a_failed_overwrite_keeps_the_old_checkpoint(learner, tmp_path, monkeypatch):
     final = tmp_path / "final"
     learner.save_checkpoint(str(final), {"v": 1})
@@ -216,7 +229,9 @@ def test_a_save_failing_on_one_rank_stops_every_rank_naming_it(tiny_model_dir, t
     for text in (r0["full"], outs[1]):  # rank 1 printed nothing (it was killed later); its error is in its log
         assert "saving checkpoint" in text and "step_2 failed on rank 1 (the disk is full" in text, text[-2000:]
     assert r0["full_s"] < 60, r0  # not a barrier's time limit: the ranks agreed at once
-    assert r0["died"].startswith("CheckpointWriteError") and "step_3" in r0["died"], r0
+    assert r0["died"].startswith("CheckpointWriteError") and "saving checkpoint" in r0["died"], r0
+    assert "step_3: another rank stopped answering" in r0["died"] or "not every rank finished" in r0["died"], r0
+    assert r0["died_s"] < 150, r0
     assert latest_valid(run).name == "step_1"  # neither failed save left anything a resume would take
     verify(run / "checkpoints" / "step_1")
     tidy(run)
