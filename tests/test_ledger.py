@@ -161,6 +161,6 @@ def test_a_rerun_records_its_start_only_over_earlier_rows(tmp_path):
     assert "resumes" not in read_manifest(out / "traces")["chains"]["train"]
     tr = RunTraces(cfg, out)
     tr.note_start(None, 0)
-    tr.close()
+    assert tr.close() == tr.close()  # closed once: a stopped run's shutdown closes it again, and must not hang
     assert read_manifest(out / "traces")["chains"]["train"]["resumes"] == [
         {"checkpoint": "", "step": 0, "checkpoint_head": "", "at_seq": 4}]
