@@ -68,6 +68,12 @@ def test_disk_full_during_the_hf_export_fails_the_save(learner, tmp_path, monkey
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
 
 
+def test_a_staging_directory_that_cannot_be_made_is_named(learner, tmp_path):
+    (tmp_path / "checkpoints").write_text("a file where the checkpoints directory should be")
+    with pytest.raises(CheckpointWriteError, match="failed on rank 0 \\(its staging directory: "):
+        learner.save_checkpoint(str(tmp_path / "checkpoints" / "step_1"), {"step": 1})
+
+
 def test_a_failed_overwrite_keeps_the_old_checkpoint(learner, tmp_path, monkeypatch):
     final = tmp_path / "final"
     learner.save_checkpoint(str(final), {"v": 1})

@@ -54,7 +54,7 @@ def test_steps_redone_after_a_resume_are_not_counted_twice():
     assert lg.ok and lg.abandoned == 2 and lg.trained == 6, lg
     # The same rows without the resume record: steps 1 is there twice and the order breaks.
     lg = build_ledger(rows, [], rows[-1]["row_sha256"], SCHED, G, end_step=3)
-    assert (lg.duplicated, lg.missing, lg.order_ok, lg.ok) == (2, 0, False, False)
+    assert (lg.trained, lg.duplicated, lg.missing, lg.order_ok, lg.ok) == (6, 2, 0, False, False)
 
 
 def test_a_rerun_without_a_checkpoint_abandons_everything_before_it():
