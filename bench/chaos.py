@@ -77,7 +77,8 @@ class RunResult:
 
 def plan_kills(rng: random.Random, steps: int, n: int, learner: bool, save_every: int) -> list[Kill]:
     """``n`` kills (one of them the learner's when ``learner``), each role at least once, in step order.
-    The learner is killed after the first checkpoint, so its run has something to continue from."""
+    The learner is killed after the first checkpoint (or while saving a later one), so its run has
+    something to continue from."""
     roles = ["rollout", "reward"] + (["learner"] if learner else [])
     roles += [rng.choice(["rollout", "reward"]) for _ in range(max(0, n - len(roles)))]
     kills = []
@@ -85,8 +86,8 @@ def plan_kills(rng: random.Random, steps: int, n: int, learner: bool, save_every
         phase = rng.choice(PHASES[role])
         lo = save_every if role == "learner" else 0
         step = rng.randrange(lo, max(lo + 1, steps - 1))
-        if phase == "saving":  # the marker's step is the step just finished: saves come at multiples of save_every
-            step = rng.randrange(save_every, steps, save_every) if steps > save_every else save_every
+        if phase == "saving":  # the marker's step is the steps done; a later save than the first (final: steps)
+            step = rng.randrange(2 * save_every, steps + 1, save_every) if steps >= 2 * save_every else steps
         kills.append(Kill(role, phase, step, delay_s=round(rng.uniform(0.0, DELAY_S[phase]), 3)))
     return sorted(kills, key=lambda k: (k.step, k.role == "learner"))
 
