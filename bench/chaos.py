@@ -75,7 +75,8 @@ class RunResult:
         return self.finished and self.traces_ok and bool(self.ledger.get("ok"))
 
 
-def plan_kills(rng: random.Random, steps: int, n: int, learner: bool, save_every: int) -> list[Kill]:
+def plan_kills(rng: random.Random, steps: int, n: int, learner: bool, save_every: int,
+               learner_phase: str | None = None) -> list[Kill]:
     """``n`` kills (one of them the learner's when ``learner``), each role at least once, in step order.
     The learner is killed after the first checkpoint (or while saving a later one), so its run has
     something to continue from."""
@@ -83,7 +84,7 @@ def plan_kills(rng: random.Random, steps: int, n: int, learner: bool, save_every
     roles += [rng.choice(["rollout", "reward"]) for _ in range(max(0, n - len(roles)))]
     kills = []
     for role in roles:
-        phase = rng.choice(PHASES[role])
+        phase = learner_phase if role == "learner" and learner_phase else rng.choice(PHASES[role])
         lo = save_every if role == "learner" else 0
         step = rng.randrange(lo, max(lo + 1, steps - 1))
         if phase == "saving":  # the marker's step is the steps done; a later save than the first (final: steps)
@@ -187,7 +188,8 @@ def chaos_run(i: int, args, shared: Path) -> RunResult:
     rng = random.Random(args.seed * 1000 + i)
     out = Path(args.out) / f"run_{i:02d}"
     learner = i < args.learner_runs
-    kills = plan_kills(rng, args.steps, args.kills, learner, args.save_every)
+    # The learner runs take its phases in turn (learning, pushing, sampling, saving): each gets its kill.
+    kills = plan_kills(rng, args.steps, args.kills, learner, args.save_every, PHASES["learner"][i % 4])
     overrides = [f"model.path={shared / 'model'}", f"data.prepared_dir={shared / 'data'}",
                  f"sft.warmstart_dir={shared / 'warm'}", f"trainer.output_dir={out}",
                  f"trainer.total_steps={args.steps}", f"trainer.save_every={args.save_every}",
