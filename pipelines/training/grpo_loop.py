@@ -377,12 +377,10 @@ class GRPOTrainer:
         log.info("resumed from %s at step %d (weight version %d)", path, self.step, self.weight_version)
 
     def shutdown(self) -> None:
-        try:  # a stopped run's rows are kept too (the ledger counts them as abandoned once it is resumed)
-            if self.tr:
-                self.tr.close()
-        finally:
-            if self.ctx is not None:
-                self.ctx.shutdown()
+        if self.tr:  # a stopped run's rows are kept too (the ledger counts them as abandoned once it is resumed)
+            self.tr.close(quiet=True)
+        if self.ctx is not None:
+            self.ctx.shutdown()
 
 
 def _mean(xs) -> float:

@@ -80,11 +80,20 @@ class RunTraces:
         text = json.dumps({"heads": heads, "head": combined_head(heads), "run_id": self.train.run_id}, indent=1)
         return heads, {HEADS_FILE: text + "\n"}
 
-    def close(self) -> dict[str, Any]:
-        """Close both writers (once: a stopped run's shutdown closes them too); the summary's trace fields."""
+    def close(self, quiet: bool = False) -> dict[str, Any]:
+        """Close both writers (once: a stopped run's shutdown closes them too); the summary's trace fields.
+        ``quiet``: a failure is logged, not raised (at shutdown it would hide why the run stopped)."""
         if self._heads is None:
-            self._heads = self.heads()
-            self.train.close()
-            self.eval.close()
+            self._heads = {}  # never twice, even after a failure: a closed writer's flush would wait forever
+            try:
+                heads = self.heads()
+                self.train.close()
+                self.eval.close()
+                self._heads = heads
+            except Exception as e:
+                if not quiet:
+                    raise
+                log.warning("closing the trace store failed: %s: %s", type(e).__name__, e)
+                return {}
         heads = self._heads
         return {"trace_heads": heads, "trace_head": combined_head(heads), "trace_run_id": self.train.run_id}
