@@ -16,8 +16,18 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.sharding import contiguous_shards
 from actors.weight_verify import tensor_stats
-from cluster.ray_utils import free_address, kill_quietly
+from cluster.ray_utils import describe_failure, free_address, kill_quietly
 from learner.policy import exported_parameters
+
+
+class LearnerRankError(ray.exceptions.RayError):
+    """One learner rank failed (or died) in a call every rank takes part in; names the rank and the root cause.
+    Raised as soon as that rank's result is in: the other ranks may be waiting for it in a collective."""
+
+    def __init__(self, rank: int, world_size: int, method: str, error: BaseException):
+        self.rank = rank
+        super().__init__(f"learner-{rank} (rank {rank} of {world_size}) failed in {method}: "
+                         f"{describe_failure(error)}")
 
 
 @ray.remote
@@ -165,8 +175,22 @@ class LearnerGroup:
 
     # ------------------------------------------------------------------
     def call_all(self, method: str, *args) -> list:
-        """Call ``method`` on every rank and wait; one result per rank."""
-        return ray.get([getattr(w, method).remote(*args) for w in self.workers])
+        """Call ``method`` on every rank and wait; one result per rank (LearnerRankError at the first failure)."""
+        return self._gather([getattr(w, method).remote(*args) for w in self.workers], method)
+
+    def _gather(self, refs: list, method: str) -> list:
+        """Results in rank order. The first rank to fail is named at once: waiting for all (``ray.get``) would
+        wait on ranks blocked in a collective with the failed one until the process group times out."""
+        rank_of = {ref: i for i, ref in enumerate(refs)}
+        results: list = [None] * len(refs)
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            try:
+                results[rank_of[done[0]]] = ray.get(done[0])
+            except ray.exceptions.RayError as e:
+                raise LearnerRankError(rank_of[done[0]], self.world_size, method, e) from e
+        return results
 
     def call_rank0(self, method: str, *args, wait: bool = True):
         """Call ``method`` on rank 0 alone; ``wait=False`` returns the ObjectRef."""
@@ -177,7 +201,7 @@ class LearnerGroup:
         samples = list(samples)
         chunks = contiguous_shards(len(samples), self.world_size, unit=group_size or 1, keep_empty=True)
         refs = [w.train_step.remote(samples[a:b]) for w, (a, b) in zip(self.workers, chunks)]
-        return merge_metrics(ray.get(refs))
+        return merge_metrics(self._gather(refs, "train_step"))
 
     def gather_state_dict(self, as_ref: bool = False):
         """All ranks gather (collective under ZeRO-3); returns rank 0's full dict (or its ObjectRef)."""

@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict
 
 import ray
-from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
 from actors.sharding import contiguous_shards
 from cluster.ray_utils import describe_failure
@@ -19,6 +19,7 @@ from rewards import combined_scores, get_reward
 log = logging.getLogger(__name__)
 
 REWARD_MAX_RESTARTS = 3
+RESTART_WAIT_S = 180.0  # how long a lone reward actor may take to come back before its shard's retry fails
 _ACTOR_FAILURES = (RayActorError, ActorUnavailableError)  # the actor died: not a bug in a reward
 
 
@@ -57,10 +58,22 @@ def score_sharded(workers: list, completions: list[str], answers: list[str], *, 
                 # restarted it (a call to an actor being restarted fails at once: give it time).
                 target = (k + 1 + attempt) % len(workers)
                 if target == k:
-                    time.sleep(min(2.0 ** attempt, 10.0))
+                    wait_restarted(workers[k])
                 log.warning("reward-%d died while scoring (%s); scoring its %d completions again on reward-%d",
                             k, type(e).__name__, b - a, target)
                 refs[k] = workers[target].score.remote(completions[a:b], answers[a:b])
                 if stats is not None:
                     stats["reward_rescored"] = stats.get("reward_rescored", 0) + (b - a)
     return [s for part in parts for s in part]
+
+
+def wait_restarted(worker, timeout_s: float = RESTART_WAIT_S) -> None:
+    """Until a restarted reward actor answers again (or ``timeout_s``): restarting takes a new process and its
+    imports, seconds to tens of seconds on a loaded machine, longer than a fixed back-off would wait."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get(worker.score.remote([], []), timeout=max(1.0, deadline - time.monotonic()))
+            return
+        except (*_ACTOR_FAILURES, GetTimeoutError):
+            time.sleep(1.0)

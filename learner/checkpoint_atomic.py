@@ -112,8 +112,10 @@ def _link_or_copy(src, dst) -> None:
         shutil.copy2(src, dst)
 
 
-def write_failed(target: str | Path, staged: str | Path, error: BaseException) -> CheckpointWriteError:
-    """Remove a failed save's staging directory (freeing the space) and say what happened, naming the path.
+def write_failed(target: str | Path, staged: str | Path, error: BaseException, *, rank: int | None = None,
+                 remove: bool = True, why: str | None = None) -> CheckpointWriteError:
+    """Remove a failed save's staging directory (freeing the space; ``remove``) and say what happened, naming
+    the path and, in a multi-rank save, the rank that failed (``why``: its error, as it reported it).
 
     torch reports a full disk as an opaque RuntimeError ("unexpected pos ..."), so the free space
     left when the save failed is measured and named too."""
@@ -122,11 +124,13 @@ def write_failed(target: str | Path, staged: str | Path, error: BaseException) -
         free_mib = shutil.disk_usage(staged if staged.exists() else Path(target).parent).free / 2**20
     except OSError:
         free_mib = float("nan")
-    shutil.rmtree(staged, ignore_errors=True)
+    if remove:
+        shutil.rmtree(staged, ignore_errors=True)
     code = getattr(error, "errno", None)
     if code == errno.ENOSPC or free_mib < 64:
-        why = f"the disk is full: {free_mib:.0f} MiB free when it failed"
-    else:
+        why = f"the disk is full: {free_mib:.0f} MiB free when it failed" + (f"; {why}" if why else "")
+    elif why is None:
         why = f"{type(error).__name__}: {error}"
-    return CheckpointWriteError(code or errno.EIO, f"saving checkpoint {target} failed ({why}); nothing was "
+    where = f" on rank {rank}" if rank is not None else ""
+    return CheckpointWriteError(code or errno.EIO, f"saving checkpoint {target} failed{where} ({why}); nothing was "
                                 "written in its place and the previous checkpoints are untouched")

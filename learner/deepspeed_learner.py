@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -38,7 +37,7 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
-from learner import checkpoint_atomic, checkpoint_manifest, lora
+from learner import checkpoint_manifest, checkpoint_save, lora
 from learner.ds_config import build_ds_config, build_scheduler
 from learner.ds_safe_load import use_weights_only_loads
 from learner.image_codec import decode_image
@@ -63,8 +62,8 @@ from learner.weights_digest import weights_digest
 
 log = logging.getLogger(__name__)
 
-_DS_TAG = "state"
-CLIENT_STATE = "medr1_state.json"  # the client state again, as JSON
+_DS_TAG = checkpoint_save.DS_TAG
+CLIENT_STATE = checkpoint_save.CLIENT_STATE  # the client state again, as JSON
 
 
 class GRPOLearner:
@@ -137,6 +136,7 @@ class GRPOLearner:
         self.shared_prefix = bool(learner_cfg.shared_prefix)
         self._encoded: dict = {}  # prompt key -> processor output, within one train_step
         self._vision_ids = set(vision_token_ids(self.processor.tokenizer))  # masked out of the loss
+        self.save_wait_s = checkpoint_save.SAVE_WAIT_S  # how long a save waits for a rank before naming it
         log.info("GRPOLearner rank %d/%d: ZeRO-%d, backend %s, %d of %d parameters trained, ds_config %s",
                  self.rank, self.world_size, self.stage, backend, trainable, total, json.dumps(ds_config))
 
@@ -285,54 +285,10 @@ class GRPOLearner:
         ``dir/hf`` (the merged model) is written only when ``export_hf`` (default: without LoRA only).
         ``files``: small text files (relative path -> text) sealed with it, e.g. the trace heads.
         Written into a staging sibling, sealed, then renamed to ``dir`` (``learner.checkpoint_atomic``):
-        a crash or a full disk mid-save leaves the previous checkpoints as they were."""
-        d = Path(directory)
+        a crash or a full disk mid-save leaves the previous checkpoints as they were. A failure on one rank
+        is raised on every rank, naming it, never left for the others to wait on (``learner.checkpoint_save``)."""
         export_hf = (not self.lora) if export_hf is None else bool(export_hf)
-        stage = self._staging(d)
-        try:
-            if export_hf:
-                sd = {name: t for name, _, t in self._gathered_params()}  # in-memory names; collective under ZeRO-3
-                if self.rank == 0:
-                    # Writes model.safetensors under the checkpoint names (a tied head left out), config.json and
-                    # generation_config.json: what vLLM and from_pretrained load. LoRA: the merged base model.
-                    base = self.engine.module.get_base_model() if self.lora else self.engine.module
-                    base.save_pretrained(stage / "hf", state_dict=sd)
-                    self.processor.save_pretrained(stage / "hf")
-                del sd
-            if self.lora and self.rank == 0:
-                lora.save_adapter(self.engine.module, stage / lora.ADAPTER_DIR, self.model_path)
-                self.processor.save_pretrained(stage / lora.ADAPTER_DIR)
-            self.engine.save_checkpoint(str(stage / "deepspeed"), tag=_DS_TAG,
-                                        client_state={"medr1_client_state": dict(client_state or {}),
-                                                      "medr1_optimizer_steps": self.optimizer_steps},
-                                        exclude_frozen_parameters=self.lora)
-            if self.rank == 0:  # readable (and sealed) without loading the engine: what the driver checks first
-                (stage / "deepspeed" / CLIENT_STATE).write_text(json.dumps(client_state or {}, default=str))
-                for rel, text in (files or {}).items():
-                    (stage / rel).parent.mkdir(parents=True, exist_ok=True)
-                    (stage / rel).write_text(text)
-            if self.world_size > 1:
-                dist.barrier()  # every rank's shards are written before rank 0 seals them
-            if self.rank == 0:
-                checkpoint_manifest.seal(stage)
-                checkpoint_atomic.publish(stage, d)
-        except (OSError, RuntimeError) as e:  # torch reports a full disk as a RuntimeError
-            raise checkpoint_atomic.write_failed(d, stage, e) from e
-        if self.world_size > 1:
-            dist.barrier()
-        return str(d)
-
-    def _staging(self, d: Path) -> Path:
-        """Rank 0 clears what crashed saves of ``d`` left and makes the staging directory every rank writes to."""
-        stamp = [None]
-        if self.rank == 0:
-            d.parent.mkdir(parents=True, exist_ok=True)
-            checkpoint_atomic.recover(d.parent, d.name)
-            stamp[0] = str(os.getpid())
-            checkpoint_atomic.staging_dir(d, stamp[0]).mkdir()
-        if self.world_size > 1:  # also a barrier: no rank writes before the directory exists
-            dist.broadcast_object_list(stamp, src=0, group=self._cpu_group)
-        return checkpoint_atomic.staging_dir(d, stamp[0])
+        return checkpoint_save.save_checkpoint(self, directory, client_state, files, export_hf, self.save_wait_s)
 
     def load_checkpoint(self, directory: str, verify: bool = True) -> dict:
         """Restore weights, optimizer and scheduler from ``dir/deepspeed``; returns the saved client_state.

@@ -55,6 +55,25 @@ def test_disk_full_mid_save_leaves_the_previous_checkpoint(learner, tmp_path, mo
     assert learner.load_checkpoint(str(run / "checkpoints" / "step_1")) == {"step": 1}
 
 
+def test_disk_full_during_the_hf_export_fails_the_save(learner, tmp_path, monkeypatch):
+    """The HF weights are written first, by rank 0 alone; their failure must fail the save like any other."""
+    import transformers.modeling_utils
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", full)
+    target = tmp_path / "checkpoints" / "step_1"
+    with pytest.raises(CheckpointWriteError, match="the disk is full"):
+        learner.save_checkpoint(str(target), {"step": 1})
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+
+
+def test_a_staging_directory_that_cannot_be_made_is_named(learner, tmp_path):
+    (tmp_path / "checkpoints").write_text("a file where the checkpoints directory should be")
+    with pytest.raises(CheckpointWriteError, match="failed on rank 0 \\(its staging directory: "):
+        learner.save_checkpoint(str(tmp_path / "checkpoints" / "step_1"), {"step": 1})
+
+
 def test_a_failed_overwrite_keeps_the_old_checkpoint(learner, tmp_path, monkeypatch):
     final = tmp_path / "final"
     learner.save_checkpoint(str(final), {"v": 1})
@@ -156,3 +175,70 @@ def test_a_state_file_that_would_run_code_is_refused(learner, tmp_path):
     with pytest.raises(UnsafeCheckpointError, match=f"{states}: refused"):
         learner.load_checkpoint(str(ckpt))
     assert not marker.exists(), "the pickled call ran"
+
+
+_TWO_RANK_SAVE = textwrap.dedent("""
+    import errno, json, os, signal, sys, time
+    import torch
+    from tests.test_learner import make_learner
+    rank, run = int(os.environ["RANK"]), sys.argv[2]
+    learner = make_learner(sys.argv[1], zero_stage=2, beta=0.0, micro_batch_size=4)
+    learner.save_wait_s = 30.0
+    out = {}
+    learner.save_checkpoint(run + "/checkpoints/step_1", {"step": 1})
+
+    def attempt(name, step):
+        t = time.monotonic()
+        try:
+            learner.save_checkpoint(run + f"/checkpoints/step_{step}", {"step": step})
+            out[name] = "saved"
+        except Exception as e:
+            out[name] = f"{type(e).__name__}: {e}"
+        out[name + "_s"] = time.monotonic() - t
+        print(f"ATTEMPT {name}: {out[name]}", flush=True)
+
+    real_save = torch.save
+    if rank == 1:  # rank 1's disk is full: its ZeRO optimizer shard cannot be written
+        def full(*a, **k):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        torch.save = full
+    attempt("full", 2)
+    torch.save = real_save
+    if rank == 1:  # then rank 1 dies in the middle of a save
+        torch.save = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+    attempt("died", 3)
+    print("RESULT " + json.dumps(out), flush=True)
+""")
+
+
+@pytest.mark.slow
+def test_a_save_failing_on_one_rank_stops_every_rank_naming_it(tiny_model_dir, tmp_path):
+    """Two ZeRO-2 ranks (real processes, gloo). Rank 1's disk is full: both ranks raise at once, naming rank 1,
+    instead of rank 0 waiting at the barrier. Then rank 1 dies mid-save: rank 0's wait ends with an error too."""
+    import json
+    import time
+
+    from cluster.ray_utils import free_port
+
+    run = tmp_path / "run"
+    base = {**os.environ, "PYTHONPATH": str(REPO), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+            "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1", "DEEPSPEED_TIMEOUT": "2"}  # minutes: a hang would show
+    procs = [subprocess.Popen([sys.executable, "-c", _TWO_RANK_SAVE, str(tiny_model_dir), str(run)],
+                              env={**base, "RANK": str(r), "LOCAL_RANK": str(r)}, cwd=REPO, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in range(2)]
+    t0 = time.monotonic()
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert time.monotonic() - t0 < 400, "the ranks waited for the process group's time limit"
+    assert procs[1].returncode == -signal.SIGKILL, outs[1][-3000:]
+    assert procs[0].returncode == 0, outs[0][-3000:]
+    r0 = json.loads(outs[0].split("RESULT ", 1)[1].splitlines()[0])
+    for text in (r0["full"], outs[1]):  # rank 1 printed nothing (it was killed later); its error is in its log
+        assert "saving checkpoint" in text and "step_2 failed on rank 1 (the disk is full" in text, text[-2000:]
+    assert r0["full_s"] < 60, r0  # not a barrier's time limit: the ranks agreed at once
+    assert r0["died"].startswith("CheckpointWriteError") and "saving checkpoint" in r0["died"], r0
+    assert "step_3: another rank stopped answering" in r0["died"] or "not every rank finished" in r0["died"], r0
+    assert r0["died_s"] < 150, r0
+    assert latest_valid(run).name == "step_1"  # neither failed save left anything a resume would take
+    verify(run / "checkpoints" / "step_1")
+    tidy(run)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_1"]

@@ -1,4 +1,5 @@
-"""`medr1 trace verify|show|report|export|recompute|keygen RUN`: audit a run's trace store.
+"""`medr1 trace verify|show|report|export|recompute|keygen RUN`: audit a run's trace store;
+`medr1 trace ledger CONFIG [key=value ...]`: the run's per-prompt ledger against the data schedule.
 
 RUN is a training run's output_dir, an evaluation's --out, a protocol directory or a
 traces/ directory. Nothing here starts Ray or loads a model."""
@@ -45,6 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("run")
     c.add_argument("--all", action="store_true", help="print every number, not only those that differ")
     c.set_defaults(func=_recompute)
+
+    g = ts.add_parser("ledger", help="was every scheduled prompt trained exactly once, in order (across resumes)?")
+    g.add_argument("config", help="the run's YAML config (as given to medr1 train)")
+    g.add_argument("overrides", nargs="*", help="the same key=value overrides as the run")
+    g.add_argument("--json", default=None, metavar="FILE", help="also write the ledger as JSON")
+    g.set_defaults(func=_ledger)
 
     k = ts.add_parser("keygen", help="write an Ed25519 key for logging.trace_signing_key")
     k.add_argument("path")
@@ -114,6 +121,28 @@ def _recompute(args) -> int:
         print(f"{'same' if same else 'DIFFERS'}  {what}: recorded {recorded}, from the rows {again}")
     print(f"{len(lines) - len(wrong)} of {len(lines)} numbers recomputed from the trace rows match")
     return 1 if wrong else 0
+
+
+def _ledger(args) -> int:
+    import json
+
+    from pipelines.audit.ledger import run_ledger
+    from pipelines.config import load_config
+
+    lg = run_ledger(load_config(args.config, args.overrides))
+    print(f"steps {lg.first_step}..{lg.end_step} (history ends at {lg.end or 'no checkpoint'}; {lg.resumes} "
+          f"resume(s)): scheduled {lg.scheduled}, trained {lg.trained}, duplicated {lg.duplicated}, missing "
+          f"{lg.missing}, order {'ok' if lg.order_ok else 'WRONG'}; abandoned {lg.abandoned}, uncommitted "
+          f"{lg.uncommitted}")
+    for pid, p in sorted(lg.prompts.items()):
+        if p["scheduled"] != p["trained"]:
+            print(f"  {pid}: scheduled at steps {p['scheduled']}, trained at {p['trained']}")
+    for problem in lg.problems[:10]:
+        print(f"  problem: {problem}", file=sys.stderr)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(lg.to_dict(), f, indent=1)
+    return 0 if lg.ok else 1
 
 
 def _keygen(args) -> int:

@@ -184,6 +184,19 @@ class TraceWriter:
                 self._thread.join()
             _release_store(self._store)
 
+    def rows_written(self) -> int:
+        """Rows in this chain so far (those of earlier runs of the directory included)."""
+        return self._seq
+
+    def note_resume(self, record: dict[str, Any]) -> None:
+        """A resumed run starts here: ``record`` (checkpoint, its head, step) is listed in the chain's
+        ``resumes`` with ``at_seq``, the seq of this run's first row. Call before adding rows."""
+        self.flush()
+        with self._store.lock:
+            chain = self._store.manifest["chains"][self.kind]
+            chain.setdefault("resumes", []).append({**record, "at_seq": self._seq})
+            write_manifest(self.dir, self._store.manifest, self._store.signing_key)
+
     def heads(self) -> dict[str, str]:
         """Every chain's head in this directory as of the last part written (call ``flush`` first)."""
         with self._store.lock:

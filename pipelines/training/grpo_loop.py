@@ -37,8 +37,9 @@ from pipelines.evaluation.evaluate import evaluate_records, select_records
 from pipelines.evaluation.examples import sampled_faithfulness
 from pipelines.training.checkpoints import prune, resolve_resume, run_settings, tidy
 from pipelines.training.dynamic_sampling import fill_live_groups
-from pipelines.training.metrics import MetricsLog, plot_run_curve, read_metrics, timer
+from pipelines.training.metrics import MetricsLog, plot_run_curve, read_metrics
 from pipelines.training.overlong import add_overlong_penalty, is_truncated
+from pipelines.training.phase import PhaseMarker
 from pipelines.training.run_setup import RunContext, start_run
 from pipelines.training.run_traces import RunTraces
 from pipelines.training.trackers import open_trackers
@@ -80,6 +81,7 @@ class GRPOTrainer:
         self.last_checkpoint: Optional[str] = None
         self._inflight: deque[_InFlight] = deque()
         self.tr: Optional[RunTraces] = None
+        self.phase = PhaseMarker(self.out)  # OUT/phase.json: where the driver is (bench/chaos.py times kills by it)
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -99,6 +101,7 @@ class GRPOTrainer:
         self.traces, self.eval_traces = (self.tr.train, self.tr.eval) if self.tr else (None, None)
         if self.tr:
             self.tr.note_weights(self.weight_version, self.ctx.learners.weights_sha256())
+            self.tr.note_start(self.resume_from, self.step)  # where this run's rows start (the ledger's history)
 
     # ------------------------------------------------------------------ loop
     def train(self) -> dict:
@@ -153,7 +156,7 @@ class GRPOTrainer:
         item = self._inflight.popleft()
         assert item.step == self.step, (item.step, self.step)
         batch, prompts = item.batch, item.prompts
-        with timer(timings, "time_rollout"):  # async: only the wait, the rest overlapped
+        with self.phase.timed(timings, "time_rollout", self.step):  # async: only the wait, the rest overlapped
             outcome = ctx.rollout.collect(item.job)
         if c.rollout.async_mode:
             # Queue the next batches now: they sample while this one is scored and learned from.
@@ -162,14 +165,14 @@ class GRPOTrainer:
                 self._launch(nxt)
         queue_depth = len(self._inflight)  # batches sampling ahead of this step (always 0 in sync mode)
 
-        with timer(timings, "time_reward"):
+        with self.phase.timed(timings, "time_reward", self.step):
             kept, skipped = self._scored(batch, prompts, outcome)
         m: dict[str, Any] = {"weight_version": self.weight_version, "skipped_prompts": len(skipped)}
         if len(kept) == 0:
             raise RuntimeError(f"step {self.step}: every prompt failed preprocessing: {skipped[:3]}")
         trains = None  # which groups train (dynamic sampling decides; else all, or the live ones if filtered)
         if c.grpo.dynamic_sampling:
-            with timer(timings, "time_resample"):
+            with self.phase.timed(timings, "time_resample", self.step):
                 filled = fill_live_groups(kept, lambda sp: [s["total"] for s in sp.scores], self._sample_more,
                                           target=c.trainer.prompts_per_step,
                                           max_tries=c.grpo.dynamic_sampling_max_tries)
@@ -228,7 +231,7 @@ class GRPOTrainer:
             **sampled_faithfulness(kept),  # does the sampled <think> name the option its answer chose
             **adv_stats,
         )
-        with timer(timings, "time_learner"):
+        with self.phase.timed(timings, "time_learner", self.step):
             if ctx.colocation is not None:
                 m.update(ctx.colocation.sleep())  # hand the shared devices to the learner
             if samples:
@@ -236,7 +239,7 @@ class GRPOTrainer:
             else:
                 m["learner_skipped"] = 1  # every group dead and filtered: nothing to learn from
 
-        with timer(timings, "time_push"):
+        with self.phase.timed(timings, "time_push", self.step):
             do_push = bool(samples) and (self.step + 1) % c.weight_sync.every_n_steps == 0
             if do_push:
                 self.weight_version += 1
@@ -315,8 +318,9 @@ class GRPOTrainer:
         try:
             return call()
         except (ray.exceptions.RayError, WeightPushError) as e:
-            where = (f"the last good checkpoint is {self.last_checkpoint}; resume with "
-                     f"trainer.resume_from={self.last_checkpoint}" if self.last_checkpoint else
+            where = (f"the last good checkpoint is {self.last_checkpoint}; rerun the same command to continue "
+                     f"from it (trainer.resume_from=auto), or name it: trainer.resume_from={self.last_checkpoint}"
+                     if self.last_checkpoint else
                      "no checkpoint was saved yet (set trainer.save_every to keep some)")
             pushed = isinstance(e, WeightPushError)
             head = f"{what} failed" if pushed else f"the learner failed during {what}"
@@ -326,6 +330,7 @@ class GRPOTrainer:
     # ------------------------------------------------------------------ eval / checkpoints
     def evaluate(self, tag: str) -> dict:
         c, ctx = self.cfg, self.ctx
+        self.phase.enter(self.step, "evaluating")
         records = select_records(ctx.test, c.eval.max_samples)  # spread over cells, as `medr1 evaluate` does
         res = evaluate_records(ctx.rollout.workers, records, tokenizer=ctx.tokenizer,
                                max_new_tokens=c.eval.max_new_tokens, prompt_style=c.eval.prompt_style,
@@ -347,6 +352,7 @@ class GRPOTrainer:
     def save(self, directory: Path, export_hf: bool | None = None) -> Path:
         # Batches already sampling (async mode) are not trained yet: the checkpoint's cursor points before them.
         cursor = self._inflight[0].cursor_before if self._inflight else self.cursor.to_dict()
+        self.phase.enter(self.step, "saving")
         state = {"step": self.step, "weight_version": self.weight_version, "cursor": cursor,
                  "python_random": repr(random.getstate()), "config": str(self.cfg.trainer.output_dir),
                  "settings": run_settings(to_dict(self.cfg))}
@@ -375,6 +381,8 @@ class GRPOTrainer:
         log.info("resumed from %s at step %d (weight version %d)", path, self.step, self.weight_version)
 
     def shutdown(self) -> None:
+        if self.tr:  # a stopped run's rows are kept too (the ledger counts them as abandoned once it is resumed)
+            self.tr.close(quiet=True)
         if self.ctx is not None:
             self.ctx.shutdown()
 
