@@ -191,7 +191,7 @@ class LearnerConfig:
 
 @dataclass
 class WeightSyncConfig:
-    backend: SyncBackend = SyncBackend.object_store
+    backend: SyncBackend = SyncBackend.auto  # shm on a local CPU run, else object_store (bench/bench_push.py)
     every_n_steps: int = 1
     # The largest message or packed buffer of a push: peak extra memory is about one of these.
     bucket_size_mb: int = 256
