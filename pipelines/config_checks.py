@@ -91,7 +91,8 @@ def sync_backend(cfg: Any) -> SyncBackend:
     if backend != SyncBackend.auto:
         return backend
     ro, le = cfg.rollout.resources_per_worker, cfg.learner.resources_per_worker
-    local = cfg.cluster.address is None and not os.environ.get("RAY_ADDRESS")  # cluster.connect.is_local
+    # cluster.connect starts a one-machine Ray for these (None: unless inside a Ray job, which sets RAY_ADDRESS)
+    local = cfg.cluster.address == "local" or (cfg.cluster.address is None and not os.environ.get("RAY_ADDRESS"))
     cpu = ro.num_gpus <= 0 and le.num_gpus <= 0
     return SyncBackend.shm if local and cpu and cfg.learner.zero_stage <= 2 else SyncBackend.object_store
 

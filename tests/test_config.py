@@ -98,6 +98,7 @@ def test_workable_weight_sync_combinations_accepted(overrides):
 
 @pytest.mark.parametrize("overrides, resolved", [
     ([], "shm"),  # a local CPU run: learner and engines share the machine
+    (["cluster.address=local"], "shm"),
     (["cluster.address=auto"], "object_store"),  # joining a cluster: the actors may sit on other nodes
     (["learner.zero_stage=3"], "object_store"),  # only rank 0's full weights can be written once
     (GPU, "object_store"),
@@ -109,7 +110,8 @@ def test_auto_weight_sync_is_shm_on_a_local_cpu_run_only(overrides, resolved, mo
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert sync_backend(load_config(None, overrides)) == resolved
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # inside a Ray job: not a local cluster
-    assert sync_backend(load_config(None, overrides)) == ("gloo" if "gloo" in str(overrides) else "object_store")
+    inside_job = "shm" if "cluster.address=local" in overrides else "object_store"
+    assert sync_backend(load_config(None, overrides)) == ("gloo" if "gloo" in str(overrides) else inside_job)
 
 
 def test_missing_config_file_lists_shipped():
