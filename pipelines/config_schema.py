@@ -194,6 +194,7 @@ class WeightSyncConfig:
     backend: SyncBackend = SyncBackend.auto  # shm on a local CPU run, else object_store (bench/bench_push.py)
     every_n_steps: int = 1
     # The largest message or packed buffer of a push: peak extra memory is about one of these.
+    # (shm: one load call per bucket; the segment itself holds the model once, for the run.)
     bucket_size_mb: int = 256
     verify: VerifyWhen = VerifyWhen.first
     # Every wait of a push (rendezvous, broadcast, load) gives up after this long, naming the actor.
