@@ -74,7 +74,7 @@ class LearnerWorker:
     def greedy_generate(self, prompt_text: str, image_png: bytes, max_new_tokens: int) -> list[int]:
         return self.learner.greedy_generate(prompt_text, image_png, max_new_tokens)
 
-    # Weight push by broadcast (gloo, nccl, ipc): this rank's half of vLLM's weight transfer.
+    # Weight push by a trainer engine (gloo, nccl, ipc, shm): this rank's half of vLLM's weight transfer.
     def init_weight_transfer(self, backend: str, rollout_handles: list, address, *, tp_size: int = 1,
                              dtype: Optional[str] = None, chunk_bytes: int, timeout_s: float) -> bool:
         # Imported here: it loads vLLM, which only ranks that push by broadcast need.
@@ -87,8 +87,8 @@ class LearnerWorker:
                                          timeout_s=timeout_s)
         return True
 
-    def push_weights(self, version: int) -> dict:
-        return self._transfer.push(version)
+    def push_weights(self, version: int, record: bool = True) -> dict:
+        return self._transfer.push(version, record)
 
     def shutdown_weight_transfer(self) -> None:
         transfer, self._transfer = getattr(self, "_transfer", None), None

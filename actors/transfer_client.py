@@ -20,7 +20,7 @@ import torch
 from vllm.distributed.weight_transfer.base import ParamMeta, WeightSource
 from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
 
-from actors import transfer_engines
+from actors import transfer_engines, transfer_shm
 from actors.weight_stream import DEFAULT_CHUNK_BYTES
 from actors.weight_sync import WeightPushError
 from cluster.ray_utils import describe_failure
@@ -104,10 +104,12 @@ class RolloutClient:
 
 def trainer_init_info(backend: str, *, rank: int, address: tuple[str, int] | None, world_size: int,
                       chunk_bytes: int, timeout_s: float):
-    """vLLM's trainer init info for ``backend`` (``gloo`` is ours, the others vLLM's)."""
+    """vLLM's trainer init info for ``backend`` (``gloo`` and ``shm`` are ours, the others vLLM's)."""
     if backend == "gloo":
         host, port = address
         return transfer_engines.GlooTrainerInitInfo(host, port, world_size, chunk_bytes, timeout_s, rank=rank)
+    if backend == "shm":
+        return transfer_shm.ShmTrainerInitInfo(chunk_bytes, rank=rank)
     if backend == "nccl":
         from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo
 
@@ -137,9 +139,13 @@ class TrainerTransfer:
         if backend == "nccl" and rank == 0:
             _check_live(self.engine)
 
-    def push(self, version: int) -> dict:
+    def push(self, version: int, record: bool = True) -> dict:
+        """``record=False``: this push will not be verified, so the engines skip their per-tensor stats
+        (where an engine keeps them: shm)."""
         t0 = time.perf_counter()
         self.client.version = version
+        if hasattr(self.engine, "record"):
+            self.engine.record = record
         self.engine.send_weights()
         nbytes = sum(m.dtype.itemsize * torch.Size(m.shape).numel() for m in self.source.metadata())
         return {"bytes": nbytes, "seconds": time.perf_counter() - t0}

@@ -17,6 +17,9 @@ lifecycle (layer-wise reload between start and finish):
   of bounded size (``actors/weight_stream.py``), never one message the size of
   the model.
 
+The third, ``medr1_shm`` (one node, through a ``/dev/shm`` segment), is in
+``actors/transfer_shm.py``.
+
 ``register()`` is idempotent; it runs on import of this module, which every vLLM
 worker does through the worker extension (``actors/vllm_worker_ext.py``).
 """

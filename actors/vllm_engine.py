@@ -18,9 +18,10 @@ log = logging.getLogger(__name__)
 
 WORKER_EXTENSION = "actors.vllm_worker_ext.MedR1WorkerExtension"
 # weight_sync.backend -> the vLLM weight-transfer engine each rollout engine is built with.
-# (The names of actors/transfer_engines.py, which registers itself in every vLLM worker through the
-# worker extension; importing it here would load vLLM in the driver.)
-TRANSFER_ENGINES = {"object_store": "medr1_stream", "gloo": "medr1_gloo", "nccl": "nccl", "ipc": "ipc"}
+# (The names of actors/transfer_engines.py and actors/transfer_shm.py, which register themselves in every
+# vLLM worker through the worker extension; importing them here would load vLLM in the driver.)
+TRANSFER_ENGINES = {"object_store": "medr1_stream", "shm": "medr1_shm", "gloo": "medr1_gloo", "nccl": "nccl",
+                    "ipc": "ipc"}
 
 # vLLM loggers that repeat the same lines on every weight push (which layers had nothing to
 # reload, how long the reload took, the prefix cache reset) or every image (on CPU: "doesn't allow

@@ -8,7 +8,7 @@ calls; what is added here is the check that a push landed. Names start with
 """
 from __future__ import annotations
 
-from actors import transfer_engines  # noqa: F401  (registers medr1_gloo and medr1_stream)
+from actors import transfer_engines, transfer_shm  # noqa: F401  (register medr1_gloo, medr1_stream, medr1_shm)
 from actors.weight_verify import tensor_stats
 
 

@@ -11,6 +11,9 @@ version); the engines are in ``actors/transfer_engines.py`` (ours) and vLLM:
   every engine's workers (``medr1_gloo`` on CPUs, vLLM's ``nccl`` on GPUs).
 - ``ipc``: colocated GPUs; each learner rank shares CUDA memory handles with the
   engine on its device (vLLM's ``ipc``).
+- ``shm``: one node; learner rank 0 writes the weights into a ``/dev/shm`` segment
+  every engine has mapped and the engines load views of it, bucket by bucket
+  (``medr1_shm``, ``actors/transfer_shm.py``): no pickling, one copy on each side.
 
 After a push the engines' weights can be checked against the learner's
 (``weight_sync.verify``); a mismatch stops the run naming the tensors. A restarted
@@ -50,6 +53,7 @@ class WeightSync:
         self.dtype = dtype
         self.tp_size = int(tp_size)
         self._verify_next = self.verify_when != "off"
+        self._record = True  # whether the push under way will be verified (engines may skip their stats)
         self._names: dict | None = None
 
     def _get(self, refs, what: str, timeout: float | None = None):
@@ -62,12 +66,13 @@ class WeightSync:
 
     def push(self, learners, workers: list, version: int) -> dict:
         t0 = time.perf_counter()
+        self._record = verify = self._verify_next or self.verify_when == "every"
         out = self._push(learners, workers, version)
         seconds = time.perf_counter() - t0
         nbytes = out.get("push_bytes", 0)
         out.update(push_seconds=seconds, push_bytes_per_s=nbytes / seconds if seconds > 0 else 0.0,
                    weight_version=version)
-        if self._verify_next or self.verify_when == "every":
+        if verify:
             live = [w for i, w in enumerate(workers) if i not in out.get("failed_workers", [])]
             t1 = time.perf_counter()
             self.verify(learners, live, version)
@@ -77,7 +82,7 @@ class WeightSync:
 
     def rejoin(self, learners, workers: list, worker, version: int) -> None:
         """``worker`` came back from a restart with the base weights: bring it to ``version``."""
-        self._verify_next = self.verify_when != "off"
+        self._verify_next = self._record = self.verify_when != "off"
         self._rejoin(learners, workers, worker, version)
         if self._verify_next:
             self.verify(learners, [worker], version)
@@ -130,7 +135,7 @@ class ObjectStoreWeightSync(WeightSync):
 
 
 class BroadcastWeightSync(WeightSync):
-    """gloo, nccl and ipc: the learner ranks' trainer engines drive the engines (actors/transfer_client.py)."""
+    """gloo, nccl, ipc and shm: the learner ranks' trainer engines drive the engines (actors/transfer_client.py)."""
 
     def __init__(self, backend: str, **kwargs):
         super().__init__(**kwargs)
@@ -146,7 +151,7 @@ class BroadcastWeightSync(WeightSync):
                     ray.get(w.shutdown_weight_transfer_engine.remote(), timeout=self.timeout_s)
                 except Exception as e:  # noqa: BLE001  (a restarted or dying actor: nothing to release)
                     log.debug("releasing a weight group: %s", describe_failure(e))
-        address = learners.call_rank0("free_address") if self.backend != "ipc" else None
+        address = learners.call_rank0("free_address") if self.backend in ("gloo", "nccl") else None
         refs = [w.init_weight_transfer.remote(self.backend, list(workers), address, tp_size=self.tp_size,
                                               dtype=self.dtype, chunk_bytes=self.chunk_bytes, timeout_s=self.timeout_s)
                 for w in learners.workers]
@@ -165,7 +170,8 @@ class BroadcastWeightSync(WeightSync):
         if self._group is None or len(self._group) != len(workers) or \
                 any(a is not b for a, b in zip(self._group, workers)):
             self._form(learners, workers)
-        sent = self._run([w.push_weights.remote(version) for w in learners.workers], f"pushing version {version}")
+        sent = self._run([w.push_weights.remote(version, self._record) for w in learners.workers],
+                         f"pushing version {version}")
         return {"push_bytes": sent[0]["bytes"], "push_send_seconds": sent[0]["seconds"], "failed_workers": []}
 
     def _rejoin(self, learners, workers: list, worker, version: int) -> None:
@@ -179,6 +185,6 @@ def make_weight_sync(backend: str, *, bucket_size_mb: int = 256, timeout_s: floa
                   tp_size=tp_size)
     if backend == "object_store":
         return ObjectStoreWeightSync(**kwargs)
-    if backend in ("gloo", "nccl", "ipc"):
+    if backend in ("gloo", "nccl", "ipc", "shm"):
         return BroadcastWeightSync(backend, **kwargs)
-    raise ValueError(f"unknown weight_sync.backend '{backend}'; choose object_store, gloo, nccl or ipc")
+    raise ValueError(f"unknown weight_sync.backend '{backend}'; choose object_store, shm, gloo, nccl or ipc")

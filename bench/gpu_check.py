@@ -7,6 +7,7 @@ each a few minutes on a locally built model (`--size tiny` or `medium`, ~60M):
   nccl           vLLM's NCCL engine, learner rank 0 -> rollout GPUs        (>= 2 GPUs)
   ipc            colocated: learner and engine on one GPU, sleep/wake, vLLM's IPC engine
   gloo           the CPU-cluster protocol with GPU tensors
+  shm            one node: the weights through a /dev/shm segment into the GPU engine
   tp2            tensor-parallel engine (2 GPUs in one rollout actor)       (>= 2 GPUs)
 
 The GPU stack (requirements/gpu.txt) goes in its own .venv-gpu: `make gpu-check`.
@@ -44,6 +45,7 @@ def cases(gpus: int) -> dict[str, list[str]]:
                 "learner.resources_per_worker.num_gpus=0.5", "rollout.num_workers=1",
                 "rollout.gpu_memory_utilization=0.3", "weight_sync.backend=ipc"],
         "gloo": [*split, "weight_sync.backend=gloo"],
+        "shm": [*split, "weight_sync.backend=shm"],
     }
     if gpus >= 2:
         out["nccl"] = [*split, "weight_sync.backend=nccl"]

@@ -26,7 +26,9 @@ class DType(enum.StrEnum):
 class SyncBackend(enum.StrEnum):
     """How learner weights reach the vLLM engines (all through vLLM's weight-transfer API)."""
 
+    auto = "auto"  # shm on a local CPU run (one node), object_store otherwise (config_checks.sync_backend)
     object_store = "object_store"  # through Ray's object store, into each engine in bounded messages
+    shm = "shm"  # one node: a /dev/shm segment learner rank 0 writes and every engine maps (no pickling)
     gloo = "gloo"  # broadcast from learner rank 0 over a gloo group: CPU clusters (and CI)
     nccl = "nccl"  # broadcast from learner rank 0 over NCCL: GPUs, rollout and learner on separate devices
     ipc = "ipc"  # CUDA IPC handles: colocated GPUs (the learner and an engine on the same device)

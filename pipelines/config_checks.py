@@ -3,10 +3,11 @@ refused with the reason before anything starts."""
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from typing import Any
 
-from pipelines.choices import TRACKER_PACKAGES, SyncBackend
+from pipelines.choices import TRACKER_PACKAGES, Placement, SyncBackend
 from pipelines.errors import ConfigError
 
 
@@ -84,12 +85,30 @@ def validate(cfg: Any) -> None:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
 
 
+def sync_backend(cfg: Any) -> SyncBackend:
+    """``weight_sync.backend`` with ``auto`` resolved: ``shm`` when the run starts its own one-node Ray
+    on CPUs (learner and engines share the machine; bench/bench_push.py measures it faster than
+    object_store there), else ``object_store`` (any placement, ZeRO-3 too)."""
+    backend = SyncBackend(cfg.weight_sync.backend)
+    if backend != SyncBackend.auto:
+        return backend
+    ro, le = cfg.rollout.resources_per_worker, cfg.learner.resources_per_worker
+    # cluster.connect starts a one-machine Ray for these (None: unless inside a Ray job, which sets RAY_ADDRESS)
+    local = cfg.cluster.address == "local" or (cfg.cluster.address is None and not os.environ.get("RAY_ADDRESS"))
+    cpu = ro.num_gpus <= 0 and le.num_gpus <= 0
+    return SyncBackend.shm if local and cpu and cfg.learner.zero_stage <= 2 else SyncBackend.object_store
+
+
 def weight_sync_problems(cfg: Any) -> list[str]:
     """Weight-push and engine-placement combinations that cannot work, found before anything starts."""
     ws, ro, le = cfg.weight_sync, cfg.rollout, cfg.learner
     gpus_ro, gpus_le = ro.resources_per_worker.num_gpus, le.resources_per_worker.num_gpus
-    backend, tp = ws.backend, ro.tensor_parallel_size
+    backend, tp = sync_backend(cfg), ro.tensor_parallel_size
     problems = []
+    if backend == SyncBackend.shm and cfg.cluster.placement_strategy in (Placement.SPREAD, Placement.STRICT_SPREAD):
+        problems.append(f"weight_sync.backend=shm needs learner rank 0 and every rollout engine on one node, but "
+                        f"cluster.placement_strategy={cfg.cluster.placement_strategy} spreads them over nodes; use "
+                        "PACK or STRICT_PACK, or weight_sync.backend=object_store (gloo) across nodes")
     if ws.timeout_s <= 0 or ws.bucket_size_mb < 1 or ws.every_n_steps < 1:
         problems.append("weight_sync.timeout_s must be > 0, weight_sync.bucket_size_mb and every_n_steps >= 1")
     if backend in (SyncBackend.nccl, SyncBackend.ipc) and (gpus_ro <= 0 or gpus_le <= 0):

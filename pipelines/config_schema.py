@@ -212,9 +212,12 @@ class LearnerConfig:
 
 @dataclass
 class WeightSyncConfig:
+    # object_store stays the default until bench/bench_push.py has measured shm beside it (docs/performance.md);
+    # auto: shm on a local CPU run, object_store otherwise.
     backend: SyncBackend = SyncBackend.object_store
     every_n_steps: int = 1
     # The largest message or packed buffer of a push: peak extra memory is about one of these.
+    # (shm: one load call per bucket; the segment itself holds the model once, for the run.)
     bucket_size_mb: int = 256
     verify: VerifyWhen = VerifyWhen.first
     # Every wait of a push (rendezvous, broadcast, load) gives up after this long, naming the actor.

@@ -9,6 +9,7 @@ from actors.rollout import cpu_core_binding, create_rollout_workers, wait_ready
 from actors.vllm_engine import cpu_engine_env
 from cluster.connect import PROJECT_ROOT, connect
 from cluster.resources import ResourcePlan, RoleSpec
+from pipelines.config_checks import sync_backend
 
 REWARD_WORKER_CPUS = 0.5
 
@@ -42,7 +43,7 @@ def engine_kwargs(cfg, model_path: str) -> dict[str, Any]:
         max_pixels=cfg.model.max_pixels,
         trust_remote_code=cfg.model.trust_remote_code,
         enable_sleep=cfg.cluster.colocate,
-        weight_sync=str(cfg.weight_sync.backend),
+        weight_sync=str(sync_backend(cfg)),
     )
 
 

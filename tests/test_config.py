@@ -78,6 +78,8 @@ HALF = ["rollout.resources_per_worker.num_gpus=0.5", "learner.resources_per_work
     (["rollout.tensor_parallel_size=2", "rollout.resources_per_worker.num_gpus=2", "cluster.colocate=true"],
      "tensor_parallel_size must be 1"),
     (["weight_sync.timeout_s=0"], "timeout_s must be > 0"),
+    (["weight_sync.backend=shm", "cluster.placement_strategy=STRICT_SPREAD"], "on one node"),
+    (["weight_sync.backend=shm", "learner.zero_stage=3"], "zero_stage <= 2"),
 ])
 def test_impossible_weight_sync_combinations_refused_before_start(overrides, reason):
     with pytest.raises(ConfigError, match=re.escape(reason)):
@@ -92,6 +94,27 @@ def test_impossible_weight_sync_combinations_refused_before_start(overrides, rea
 ])
 def test_workable_weight_sync_combinations_accepted(overrides):
     load_config(None, overrides)
+
+
+@pytest.mark.parametrize("overrides, resolved", [
+    ([], "shm"),  # a local CPU run: learner and engines share the machine
+    (["cluster.address=local"], "shm"),
+    (["cluster.address=auto"], "object_store"),  # joining a cluster: the actors may sit on other nodes
+    (["learner.zero_stage=3"], "object_store"),  # only rank 0's full weights can be written once
+    (GPU, "object_store"),
+    (["weight_sync.backend=gloo"], "gloo"),
+])
+def test_auto_weight_sync_is_shm_on_a_local_cpu_run_only(overrides, resolved, monkeypatch):
+    from pipelines.config_checks import sync_backend
+
+    assert sync_backend(load_config(None, [])) == "object_store"  # the default until shm is measured beside it
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    overrides = ["weight_sync.backend=auto", *overrides]  # a later backend= override wins
+    assert sync_backend(load_config(None, overrides)) == resolved
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # inside a Ray job: not a local cluster
+    inside_job = "shm" if "cluster.address=local" in overrides else "object_store"
+    assert sync_backend(load_config(None, overrides)) == ("gloo" if "gloo" in str(overrides) else inside_job)
 
 
 def test_missing_config_file_lists_shipped():

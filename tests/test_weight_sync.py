@@ -132,10 +132,10 @@ def test_weight_sync_factory():
     from actors.weight_sync import BroadcastWeightSync, ObjectStoreWeightSync, make_weight_sync
 
     assert isinstance(make_weight_sync("object_store"), ObjectStoreWeightSync)
-    for backend in ("gloo", "nccl", "ipc"):
+    for backend in ("gloo", "nccl", "ipc", "shm"):
         sync = make_weight_sync(backend, bucket_size_mb=64)
         assert isinstance(sync, BroadcastWeightSync) and sync.backend == backend and sync.chunk_bytes == 64 << 20
-    with pytest.raises(ValueError, match="object_store, gloo, nccl or ipc"):
+    with pytest.raises(ValueError, match="object_store, shm, gloo, nccl or ipc"):
         make_weight_sync("carrier-pigeon")
 
 

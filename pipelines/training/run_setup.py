@@ -22,6 +22,7 @@ from cluster.ray_utils import kill_quietly, remove_placement_groups_quietly
 from cluster.resources import check_plan, create_placement_groups
 from learner import checkpoint_manifest
 from learner.image_codec import read_image_bytes
+from pipelines.config_checks import sync_backend
 from pipelines.data.store import load_prepared
 from pipelines.data.synthetic import prepare_synthetic
 from pipelines.errors import UserError
@@ -242,7 +243,7 @@ def start_run(cfg) -> RunContext:
     else:
         log.info("rollout actors ready: %s", wait_ready(rollout_workers))
     ws = cfg.weight_sync
-    sync = make_weight_sync(str(ws.backend), bucket_size_mb=ws.bucket_size_mb, timeout_s=ws.timeout_s,
+    sync = make_weight_sync(str(sync_backend(cfg)), bucket_size_mb=ws.bucket_size_mb, timeout_s=ws.timeout_s,
                             verify=str(ws.verify), dtype=str(cfg.model.dtype), tp_size=cfg.rollout.tensor_parallel_size)
     ctx = RunContext(cfg, model_path, train, test, tokenizer, None, reward_workers, learners, sync, pgs)
 

@@ -1,0 +1,185 @@
+"""``medr1_shm``: the weight push through shared memory, on vLLM's weight-transfer API.
+
+For one node (learner and engines on the same machine). At ``trainer_init`` learner
+rank 0 lays the model out in a segment under ``/dev/shm`` (``actors/shm_segment.py``)
+and every engine's workers map it in ``init_transfer_engine``; the name is then
+unlinked, so nothing is left behind if a process dies. A push writes each tensor
+into its place once (the cast to the engines' dtype happens in that copy) and calls
+``update_weights`` once per bucket with only names, shapes and offsets; the worker
+hands vLLM's own load path (``model.load_weights`` inside a layer-wise reload,
+like the other engines) tensors that are views of the mapping. No pickling, no
+serialisation, no message that grows with the model. While the engines load one
+bucket, the learner writes the next.
+
+The segment holds the whole model (each tensor keeps its place for the run), so a
+load never reads bytes the learner is rewriting: vLLM's layer-wise reload keeps
+references to a layer's weights until the layer is complete. Buckets are cut at
+decoder-layer boundaries (vLLM's ``layerwise_groups``).
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import ClassVar
+
+import torch
+from vllm.distributed.weight_transfer.base import (
+    TrainerInitInfo,
+    TrainerWeightTransferEngine,
+    WeightTransferEngine,
+    WeightTransferInitInfo,
+    WeightTransferUpdateInfo,
+    layerwise_groups,
+)
+from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory, WeightTransferTrainerFactory
+
+from actors import shm_segment
+from actors.transfer_engines import _layerwise_finish, _layerwise_start
+from actors.weight_stream import DEFAULT_CHUNK_BYTES
+from actors.weight_verify import tensor_stats
+
+SHM = "medr1_shm"
+
+
+@dataclass
+class ShmInitInfo(WeightTransferInitInfo):
+    path: str
+    nbytes: int
+    host: str  # the learner's machine (shm_segment.host_id): an engine elsewhere refuses, naming both
+
+
+@dataclass
+class ShmUpdateInfo(WeightTransferUpdateInfo):
+    """One bucket: where its tensors sit in the segment."""
+
+    names: list[str]
+    dtype_names: list[str]
+    shapes: list[list[int]]
+    offsets: list[int]
+    record: bool = True  # keep per-tensor stats for weight_sync.verify (costs a pass over the bytes)
+
+
+class ShmWeightTransferEngine(WeightTransferEngine[ShmInitInfo, ShmUpdateInfo]):
+    """Worker side: load tensors that are views of the mapped segment."""
+
+    init_info_cls = ShmInitInfo
+    update_info_cls = ShmUpdateInfo
+
+    def __init__(self, config, vllm_config, device, model):
+        super().__init__(config, vllm_config, device, model)
+        self.segment: torch.Tensor | None = None
+        self.received: dict[str, list[float]] = {}
+
+    def init_transfer_engine(self, init_info: ShmInitInfo) -> None:
+        here = shm_segment.host_id()
+        if init_info.host != here:
+            raise RuntimeError(f"weight_sync.backend=shm needs the rollout engines on the learner's node: this "
+                               f"engine runs on {here}, learner rank 0 on {init_info.host}; use object_store or "
+                               "gloo across nodes")
+        self.segment = shm_segment.open_segment(init_info.path, init_info.nbytes)
+
+    def start_weight_update(self) -> None:
+        self.received = {}
+        _layerwise_start(self.model)
+
+    def update_weights(self, update_info: dict) -> None:
+        self.receive_weights(self.parse_update_info(update_info))  # no accelerator sync: loads are synchronous
+
+    def receive_weights(self, info: ShmUpdateInfo) -> None:
+        if self.segment is None:
+            raise RuntimeError(f"{SHM}: update before init_weight_transfer_engine")
+        pairs = shm_segment.bucket_views(self.segment, info.names, info.dtype_names, info.shapes, info.offsets)
+        if info.record:  # vLLM's CPU kernels repack linear weights out of sight: keep what arrived
+            self.received.update((n, tensor_stats(t)) for n, t in pairs)
+        self.model.load_weights(pairs)  # the one copy: from the mapping into the engine's parameters
+
+    def finish_weight_update(self) -> None:
+        _layerwise_finish(self.model, self.model_config)
+
+    def shutdown(self) -> None:
+        self.segment = None  # the mapping goes with the last view
+
+
+@dataclass
+class ShmTrainerInitInfo(TrainerInitInfo):
+    backend: ClassVar[str] = SHM
+
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES  # the bucket: bytes per load call on the engines
+
+
+class ShmTrainerWeightTransferEngine(TrainerWeightTransferEngine[ShmTrainerInitInfo]):
+    """Trainer side, on learner rank 0: write the weights into the segment, one load call per bucket."""
+
+    init_info_cls = ShmTrainerInitInfo
+
+    def __init__(self, *, client, source, is_sender: bool = True, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
+        super().__init__(client=client, source=source, is_sender=is_sender)
+        self.chunk_bytes = chunk_bytes
+        self.layout: shm_segment.Layout | None = None
+        self.segment: torch.Tensor | None = None
+        self.record = True  # set per push by actors/transfer_client.py (only pushes that are verified)
+
+    @classmethod
+    def trainer_init(cls, init_info: ShmTrainerInitInfo, *, client, source=None):
+        if source is None:
+            raise ValueError(f"{SHM} needs a WeightSource")
+        engine = cls(client=client, source=source, is_sender=init_info.is_sender, chunk_bytes=init_info.chunk_bytes)
+        if engine.is_sender:
+            engine.layout = _layout(source, init_info.chunk_bytes)
+            path, engine.segment = shm_segment.create_segment(engine.layout.nbytes)
+            try:
+                client.init_weight_transfer_engine(asdict(ShmInitInfo(path, engine.layout.nbytes,
+                                                                      shm_segment.host_id())))
+            finally:
+                shm_segment.unlink(path)  # mapped by every engine (or failed): the name is no longer needed
+        return engine
+
+    def send_weights(self) -> None:
+        if not self.is_sender:
+            return
+        layout, segment = self.layout, self.segment
+        if sorted(_specs(self.source)) != sorted((s.name, s.dtype, s.shape) for s in layout.slots):
+            raise RuntimeError(f"{SHM}: the learner's tensors changed since the segment was laid out")
+        where = {s.name: i for i, s in enumerate(layout.slots)}
+        bucket_of = {i: k for k, b in enumerate(layout.buckets) for i in b}
+        left = [len(b) for b in layout.buckets]
+        self.client.start_weight_update()
+        # One thread calls the engines, bucket after bucket, while this one writes the next bucket.
+        with ThreadPoolExecutor(max_workers=1) as caller:
+            pending, ready = [], 0
+            try:
+                for name, tensor in self.source:
+                    i = where[name]
+                    shm_segment.view(segment, layout.slots[i]).copy_(tensor)  # the learner's one copy
+                    left[bucket_of[i]] -= 1
+                    while ready < len(left) and left[ready] == 0:
+                        info = dict(layout.bucket_info(ready), record=self.record)
+                        pending.append(caller.submit(self.client.update_weights, info))
+                        ready += 1
+            finally:
+                for p in pending:
+                    p.result()  # the first failure (naming the engine) is raised here
+        self.client.finish_weight_update()
+
+    def shutdown(self) -> None:
+        self.segment = None
+
+
+def _specs(source) -> list[tuple[str, str, tuple[int, ...]]]:
+    return [(m.name, str(m.dtype).removeprefix("torch."), tuple(int(d) for d in m.shape)) for m in source.metadata()]
+
+
+def _layout(source, bucket_bytes: int) -> shm_segment.Layout:
+    specs = _specs(source)
+    return shm_segment.plan_layout(specs, layerwise_groups([s[0] for s in specs]), bucket_bytes)
+
+
+def register() -> None:
+    """Add ``medr1_shm`` to vLLM's registries (once per process)."""
+    if SHM not in WeightTransferEngineFactory._registry:
+        WeightTransferEngineFactory.register_engine(SHM, ShmWeightTransferEngine)
+    if SHM not in WeightTransferTrainerFactory._registry:
+        WeightTransferTrainerFactory.register_engine(SHM, ShmTrainerWeightTransferEngine)
+
+
+register()
