@@ -32,9 +32,8 @@ from learner.samples import TrainSample
 from pipelines.config import to_dict
 from pipelines.data.cursor import DataCursor
 from pipelines.errors import RunStopped
-from pipelines.evaluation.accuracy import FORMAT_REWARD
 from pipelines.evaluation.evaluate import evaluate_records, select_records
-from pipelines.evaluation.examples import sampled_faithfulness
+from pipelines.training.batch_metrics import batch_metrics
 from pipelines.training.checkpoints import prune, resolve_resume, run_settings, tidy
 from pipelines.training.dynamic_sampling import fill_live_groups
 from pipelines.training.metrics import MetricsLog, plot_run_curve, read_metrics
@@ -43,7 +42,6 @@ from pipelines.training.phase import PhaseMarker
 from pipelines.training.run_setup import RunContext, start_run
 from pipelines.training.run_traces import RunTraces
 from pipelines.training.trackers import open_trackers
-from rewards import get_reward
 
 log = logging.getLogger(__name__)
 
@@ -207,30 +205,11 @@ class GRPOTrainer:
         if self.tr:
             self.traces.add(trace_rows)  # queued: a background thread chains and writes them
 
-        comps = [s["components"] for s in scores]
-        m.update(
-            reward_mean=float(rewards.mean()),
-            reward_std=float(rewards.std()) if len(rewards) > 1 else 0.0,
-            accuracy=_mean([x.get("accuracy_strict", x.get("accuracy", 0.0)) for x in comps]),
-            # the paper's format check for the prompt style in use, whichever rewards are configured
-            format_rate=_mean(get_reward(FORMAT_REWARD[c.data.prompt_style])(texts)) if texts else 0.0,
-            completion_length=_mean([len(s.completion_ids) for s in samples]) if samples else 0.0,
-            truncated_fraction=truncated / max(len(scores), 1),  # completions cut at rollout.max_new_tokens
-            overlong_filtered=overlong_dropped,
-            rollout_tokens=outcome.tokens,
-            # vision special tokens in the completions: 0 while vLLM's ban holds (the learner masks any)
-            vision_tokens_sampled=sum(t in self._vision_ids for sp in kept for comp in sp.result["completions"]
-                                      for t in comp["token_ids"]),
-            rollout_tokens_per_s=outcome.tokens / max(outcome.seconds, 1e-9),
-            rollout_reissued=outcome.reissued,
-            rollout_restarts=ctx.rollout.restarts,
-            reward_rescored=ctx.reward_stats.get("reward_rescored", 0),  # over the run
-            queue_depth=queue_depth,
-            weight_version_lag=self._staleness([sp.version for sp in kept]),
-            **{f"reward_{name}": _mean([x[name] for x in comps]) for name in (comps[0] if comps else {})},
-            **sampled_faithfulness(kept),  # does the sampled <think> name the option its answer chose
-            **adv_stats,
-        )
+        m.update(batch_metrics(kept, scores, rewards, samples, texts, outcome, c.data.prompt_style, self._vision_ids),
+                 truncated_fraction=truncated / max(len(scores), 1),  # completions cut at rollout.max_new_tokens
+                 overlong_filtered=overlong_dropped, rollout_restarts=ctx.rollout.restarts,
+                 reward_rescored=ctx.reward_stats.get("reward_rescored", 0),  # over the run
+                 queue_depth=queue_depth, weight_version_lag=self._staleness([sp.version for sp in kept]), **adv_stats)
         with self.phase.timed(timings, "time_learner", self.step):
             if ctx.colocation is not None:
                 m.update(ctx.colocation.sleep())  # hand the shared devices to the learner
@@ -385,11 +364,6 @@ class GRPOTrainer:
             self.tr.close(quiet=True)
         if self.ctx is not None:
             self.ctx.shutdown()
-
-
-def _mean(xs) -> float:
-    xs = list(xs)
-    return float(sum(xs) / len(xs)) if xs else 0.0
 
 
 def run_training(cfg) -> dict:
