@@ -12,8 +12,10 @@ DEPS   := requirements/cpu.lock.txt requirements/overrides.txt setup.cfg pyproje
 # Optional extras (W&B, MLflow for logging.trackers), installed against the lock: `make test` tests them.
 TRACKERS_STAMP := $(VENV)/.medr1-trackers
 TRACKERS := requirements/trackers.txt requirements/trackers-overrides.txt
+# Optional bench extra (TRL, for bench/bench_peers.py), installed against the lock the same way.
+BENCH_STAMP := $(VENV)/.medr1-bench
 
-.PHONY: env trackers run test bench gpu-check clean
+.PHONY: env trackers run test bench bench-peers gpu-check clean
 
 env: $(STAMP)
 
@@ -31,6 +33,11 @@ $(TRACKERS_STAMP): $(STAMP) $(TRACKERS)
 		--override requirements/trackers-overrides.txt -r requirements/trackers.txt
 	@touch $@
 
+$(BENCH_STAMP): $(STAMP) requirements/bench.txt
+	$(UV) pip install --python $(PY) -c requirements/cpu.lock.txt --override requirements/overrides.txt \
+		-r requirements/bench.txt
+	@touch $@
+
 run: env
 	$(VENV)/bin/medr1 train configs/tiny_cpu.yaml
 
@@ -39,6 +46,10 @@ test: env trackers
 
 bench: env
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# This project's GRPO step beside TRL's GRPOTrainer on the same job (ARGS="--shape all" for both sizes).
+bench-peers: $(BENCH_STAMP)
+	$(PY) bench/bench_peers.py $(ARGS)
 
 # On a machine with NVIDIA GPUs: the CUDA stack in its own venv, then the GPU path end to end.
 gpu-check:

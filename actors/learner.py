@@ -14,8 +14,10 @@ import ray
 import torch
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from actors.phase_threads import phase_threads, pin
 from actors.sharding import contiguous_shards
 from actors.weight_verify import tensor_stats
+from cluster.cores import CORES_ENV, cores_text
 from cluster.ray_utils import describe_failure, free_address, kill_quietly
 from learner.policy import exported_parameters
 
@@ -36,6 +38,7 @@ class LearnerWorker:
 
     def __init__(self):
         self.learner = None
+        self._cores = None  # this rank's cores from the run's core plan (None: no plan)
 
     def ready(self) -> bool:
         return True
@@ -49,6 +52,8 @@ class LearnerWorker:
 
     def setup(self, env: dict[str, str], model_path: str, learner_cfg, grpo_cfg, kwargs: dict) -> bool:
         os.environ.update({k: str(v) for k, v in env.items()})
+        self._cores = pin()  # before DeepSpeed and torch start their threads: they inherit it
+        phase_threads(self._cores)
         # Imported here, after the rank's env is set: DeepSpeed reads it on import.
         from learner.deepspeed_learner import GRPOLearner
 
@@ -56,9 +61,11 @@ class LearnerWorker:
         return True
 
     def train_step(self, samples) -> dict[str, float]:
-        return self.learner.train_step(samples)
+        threads = phase_threads(self._cores)  # the learner phase: every core this rank was given
+        return {**self.learner.train_step(samples), "learner_threads": threads}
 
     def gather_state_dict(self):
+        phase_threads(self._cores)
         return self.learner.gather_state_dict()
 
     def weights_sha256(self) -> Optional[str]:
@@ -88,6 +95,7 @@ class LearnerWorker:
         return True
 
     def push_weights(self, version: int, record: bool = True) -> dict:
+        phase_threads(self._cores)
         return self._transfer.push(version, record)
 
     def shutdown_weight_transfer(self) -> None:
@@ -103,7 +111,7 @@ class LearnerWorker:
 
 
 _SUMMED = {"num_tokens", "num_samples", "vision_tokens_masked"}
-_MAXED = {"learner_time", "optimizer_steps"}
+_MAXED = {"learner_time", "optimizer_steps", "learner_threads"}
 
 
 def merge_metrics(per_rank: Sequence[dict[str, float]]) -> dict[str, float]:
@@ -130,7 +138,7 @@ class LearnerGroup:
                  num_workers: Optional[int] = None, resources=None, placement_group=None,
                  bundle_indices: Optional[Sequence[int]] = None, name_prefix: str = "learner",
                  env: Optional[dict[str, str]] = None, learner_kwargs: Optional[dict[str, Any]] = None,
-                 ready_timeout_s: float = 900.0):
+                 ready_timeout_s: float = 900.0, cores: Optional[Sequence[list[int]]] = None):
         self.world_size = int(num_workers if num_workers is not None else learner_cfg.num_workers)
         res = resources if resources is not None else learner_cfg.resources_per_worker
         num_cpus = float(getattr(res, "num_cpus", 1.0))
@@ -170,6 +178,8 @@ class LearnerGroup:
                      "WORLD_SIZE": str(self.world_size),
                      # With GPUs Ray shows each actor only its own device, so it is cuda:0 there.
                      "LOCAL_RANK": "0" if num_gpus > 0 else str(local)}
+            if cores:  # the run's core plan (cluster/cores.py): this rank pins itself to its share
+                env_r[CORES_ENV] = cores_text(cores[rank])
             setups.append(w.setup.remote(env_r, str(model_path), learner_cfg, grpo_cfg, kwargs))
         ray.get(setups)
 

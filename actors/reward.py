@@ -33,6 +33,21 @@ class RewardWorker:
     def score(self, completions: list[str], answers: list[str]) -> list[dict]:
         return [asdict(s) for s in combined_scores(completions, answers, self.weights)]
 
+    def score_shard(self, shard: dict, answers: list[str]) -> list[list[dict]]:
+        """Score a rollout actor's output (``RolloutWorker.generate``) as soon as it exists: passed as
+        an ObjectRef, Ray starts this once that shard is sampled. One list per prompt ([] for a prompt
+        that failed preprocessing), ``answers`` one per prompt of the shard."""
+        texts, owners = [], []
+        for j, (res, answer) in enumerate(zip(shard["results"], answers)):
+            for comp in res["completions"] if not res["error"] else []:
+                texts.append(comp["text"])
+                owners.append((j, answer))
+        flat = self.score(texts, [a for _, a in owners]) if texts else []
+        out: list[list[dict]] = [[] for _ in shard["results"]]
+        for (j, _), s in zip(owners, flat):
+            out[j].append(s)
+        return out
+
 
 RewardActor = ray.remote(RewardWorker)
 

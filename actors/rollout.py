@@ -28,6 +28,7 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from actors.phase_threads import pin
 from actors.sharding import contiguous_shards
 from actors.vllm_engine import RolloutEngine
 from actors.weight_stream import DEFAULT_CHUNK_BYTES
@@ -42,6 +43,7 @@ class RolloutWorker:
     def __init__(self, index: int, engine_kwargs: dict[str, Any], weight_version: int = 0,
                  initial_weights=None):
         self.index = index
+        pin()  # the run's core plan, if any: vLLM's threads are bound inside it (VLLM_CPU_OMP_THREADS_BIND)
         self.engine = RolloutEngine(**engine_kwargs)
         self.weight_version = weight_version
         if initial_weights is not None:
@@ -179,6 +181,8 @@ class RolloutOutcome:
     seconds: float = 0.0
     worker_seconds: list[float] = field(default_factory=list)
     reissued: int = 0
+    # With ``submit(..., then=f)``: (prompt indices, f's result) for each shard that was sampled
+    follow_ups: list[tuple[list[int], Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -189,6 +193,8 @@ class PendingRollout:
     sampling: dict
     pending: dict  # ObjectRef -> (actor index, prompt indices, attempt)
     started: float
+    then: Optional[Callable] = None  # then(shard ObjectRef, prompt indices): work chained on each shard
+    follow_ups: dict = field(default_factory=dict)  # ObjectRef -> then's result for that shard
 
 
 class RolloutPool:
@@ -204,17 +210,21 @@ class RolloutPool:
     def generate(self, prompts: list[dict], sampling: dict) -> RolloutOutcome:
         return self.collect(self.submit(prompts, sampling))
 
-    def submit(self, prompts: list[dict], sampling: dict) -> "PendingRollout":
-        """Start sampling on every actor and return at once (async mode overlaps this with the update)."""
+    def submit(self, prompts: list[dict], sampling: dict, then: Optional[Callable] = None) -> "PendingRollout":
+        """Start sampling on every actor and return at once (async mode overlaps this with the update).
+
+        ``then(ref, indices)`` is called for each shard as it is submitted (and again for a re-issued
+        one) with the shard's ObjectRef: work it chains on the ref (e.g. a reward actor's task taking
+        it as an argument) starts as soon as that shard is sampled, without the driver."""
         self.heal()
         if sampling.get("seed") is not None:
             # Seed by position in the whole batch, not in a shard: same samples for any number of actors.
             prompts = [{**p, "seed": int(sampling["seed"]) + j} for j, p in enumerate(prompts)]
-        pending = {}
+        job = PendingRollout(prompts, sampling, {}, time.perf_counter(), then)
         for wi, (a, b) in enumerate(contiguous_shards(len(prompts), len(self.workers))):
             idx = list(range(a, b))
-            pending[self._submit(wi, prompts, idx, sampling)] = (wi, idx, 0)
-        return PendingRollout(prompts, sampling, pending, time.perf_counter())
+            job.pending[self._submit(wi, prompts, idx, sampling, job)] = (wi, idx, 0)
+        return job
 
     def collect(self, job: "PendingRollout") -> RolloutOutcome:
         """Wait for a submitted rollout, re-issuing the prompts of any actor that dies meanwhile."""
@@ -222,7 +232,7 @@ class RolloutPool:
         results: list = [None] * len(prompts)
         versions = [-1] * len(prompts)
         owners = [-1] * len(prompts)
-        tokens, wsec, reissued = 0, [], 0
+        tokens, wsec, reissued, follow_ups = 0, [], 0, []
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             ref = done[0]
@@ -230,23 +240,31 @@ class RolloutPool:
             try:
                 out = ray.get(ref)
             except _ACTOR_FAILURES as e:
+                job.follow_ups.pop(ref, None)  # chained on a shard that never came: it fails too
                 if attempt >= self.max_reissues:
                     raise RuntimeError(f"rollout prompts {idx[:3]}... failed {attempt + 1} times; last: {describe_failure(e)}") from e
                 self.restarts += 1
                 target = self._recover(wi)
                 log.warning("rollout-%d died (%s); re-issuing %d prompts to rollout-%d", wi, type(e).__name__,
                             len(idx), target)
-                pending[self._submit(target, prompts, idx, sampling)] = (target, idx, attempt + 1)
+                pending[self._submit(target, prompts, idx, sampling, job)] = (target, idx, attempt + 1)
                 reissued += len(idx)
                 continue
             for j, r in zip(idx, out["results"]):
                 results[j], versions[j], owners[j] = r, out["weight_version"], out["worker"]
             tokens += out["tokens"]
             wsec.append(out["seconds"])
-        return RolloutOutcome(results, versions, owners, tokens, time.perf_counter() - job.started, wsec, reissued)
+            if ref in job.follow_ups:
+                follow_ups.append((idx, job.follow_ups.pop(ref)))
+        return RolloutOutcome(results, versions, owners, tokens, time.perf_counter() - job.started, wsec, reissued,
+                              follow_ups)
 
-    def _submit(self, wi: int, prompts: list[dict], idx: list[int], sampling: dict):
-        return self.workers[wi].generate.remote([prompts[j] for j in idx], sampling)
+    def _submit(self, wi: int, prompts: list[dict], idx: list[int], sampling: dict,
+                job: Optional["PendingRollout"] = None):
+        ref = self.workers[wi].generate.remote([prompts[j] for j in idx], sampling)
+        if job is not None and job.then is not None:
+            job.follow_ups[ref] = job.then(ref, idx)
+        return ref
 
     def heal(self, timeout: float = 900.0) -> None:
         """Wait for actors Ray is restarting and bring each up to the current weights."""

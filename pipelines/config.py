@@ -117,6 +117,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                               f"({str(e).splitlines()[0]})") from None
         except TypeError as e:  # OmegaConf: a mapping given for a list and the like
             raise ConfigError(f"override '{key}={value}': {e}") from None
+        except IndexError:  # OmegaConf's dotlist parser on a key such as '[' (no path left once split)
+            raise ConfigError(f"override '{key}={value}': '{key}' is not a config key (e.g. rollout.num_workers)") \
+                from None
     return config_from(cfg)
 
 

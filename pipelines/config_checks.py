@@ -54,6 +54,8 @@ def validate(cfg: Any) -> None:
     if cfg.cluster.colocate and cfg.rollout.async_mode:
         problems.append("cluster.colocate=true with rollout.async_mode=true: colocated engines sleep while the "
                         "learner runs, so there is nothing to overlap; choose one")
+    if cfg.cluster.rollout_cores < 0:
+        problems.append("cluster.rollout_cores must be >= 0 (0 gives the rollout actors half the cores in async mode)")
     if cfg.rollout.sleep_level not in (1, 2):
         problems.append(f"rollout.sleep_level must be 1 or 2 (got {cfg.rollout.sleep_level})")
     problems += weight_sync_problems(cfg)

@@ -230,6 +230,9 @@ class ClusterConfig:
     num_cpus: int | None = None  # local Ray only
     placement_strategy: Placement = Placement.PACK
     colocate: bool = False
+    # Async mode on one machine's CPUs: cores for the rollout actors, the rest for the learner
+    # ranks (disjoint, so sampling and learning overlap); 0 = half. cluster/cores.py.
+    rollout_cores: int = 0
     dashboard_host: str = "127.0.0.1"
     runtime_env_vars: dict[str, str] = field(default_factory=dict)
     # Shared storage every node sees (e.g. /shared/medr1): `medr1 submit` puts outputs and

@@ -3,11 +3,12 @@ engine arguments and the rollout actors. Shared by training, evaluation and the 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Optional
 
 from actors.rollout import cpu_core_binding, create_rollout_workers, wait_ready
 from actors.vllm_engine import cpu_engine_env
-from cluster.connect import PROJECT_ROOT, connect
+from cluster.connect import PROJECT_ROOT, connect, is_local
+from cluster.cores import CORES_ENV, CorePlan, cores_text, plan_cores
 from cluster.resources import ResourcePlan, RoleSpec
 from pipelines.config_checks import sync_backend
 
@@ -47,10 +48,26 @@ def engine_kwargs(cfg, model_path: str) -> dict[str, Any]:
     )
 
 
-def rollout_env(cfg, index: int) -> dict[str, str]:
+def core_plan(cfg) -> Optional[CorePlan]:
+    """The cores of each rollout actor and learner rank (cluster/cores.py) when both compute on this
+    machine's CPUs: every core per phase in the synchronous loop, disjoint sets in async mode.
+    None for GPU roles, a remote cluster (its nodes' cores are not known here) or colocation."""
+    ro, le = cfg.rollout.resources_per_worker, cfg.learner.resources_per_worker
+    if ro.num_gpus or le.num_gpus or cfg.cluster.colocate or not is_local(cfg.cluster.address):
+        return None
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    return plan_cores(cores, cfg.rollout.num_workers, cfg.learner.num_workers, overlap=cfg.rollout.async_mode,
+                      rollout_cores=cfg.cluster.rollout_cores)
+
+
+def rollout_env(cfg, index: int, cores: Optional[list[int]] = None) -> dict[str, str]:
+    """A rollout actor's env; ``cores`` (from ``core_plan``) pins it and its vLLM threads there."""
     env = {k: str(v) for k, v in cfg.cluster.runtime_env_vars.items()}
     if cfg.rollout.resources_per_worker.num_gpus == 0:
-        env.update(cpu_engine_env(cpu_core_binding(index, cfg.rollout.num_workers)))
+        binding = cores_text(cores) if cores else cpu_core_binding(index, cfg.rollout.num_workers)
+        env.update(cpu_engine_env(binding))
+        if cores:
+            env[CORES_ENV] = binding
     return env
 
 

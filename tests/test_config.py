@@ -179,3 +179,9 @@ def test_loaded_config_is_a_real_dataclass_with_enums():
     cfg = load_config("tiny_cpu.yaml")
     assert type(cfg) is MedR1Config and isinstance(cfg.data.prompt_style, PromptStyle)
     assert f"{cfg.data.prompt_style}" == cfg.data.prompt_style.value  # a StrEnum formats as its value
+
+
+def test_an_override_key_that_is_no_path_is_named():
+    # Found by tests/test_fuzz_inputs.py: OmegaConf's dotlist parser raised IndexError on it.
+    with pytest.raises(ConfigError, match=r"'\[' is not a config key"):
+        load_config(None, ["[="])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 
@@ -36,11 +37,19 @@ def test_smoke_run(tmp_path, ray_session):
                     "time_push", "time_driver", "rollout_tokens_per_s", "dead_group_fraction", "clip_fraction"):
             assert key in r, key
         assert 0 <= r["time_driver"] < r["time_step"]
+        # Driver overhead: outside every phase, the logging of the step before included.
+        assert r["time_driver"] <= r["driver_overhead_s"] and 0 <= r["driver_overhead_share"] < 1
+        assert r["learner_threads"] == len(os.sched_getaffinity(0)), "a sync learner phase computes on every core"
 
     train = read_traces(out / "traces", "train").to_pylist()
     G, B = cfg.rollout.group_size, cfg.trainer.prompts_per_step
     assert len(train) == 2 * B * G, "one trace row per completion"
     assert all(math.isfinite(t["reward"]) and t["reward_components"] for t in train), "every completion has a reward"
+    # Scores are streamed per rollout shard (scored as each actor returns): each must land on its own completion.
+    from rewards import combined_scores
+
+    want = combined_scores([t["completion"] for t in train], [t["answer"] for t in train], dict(cfg.reward.functions))
+    assert [t["reward"] for t in train] == pytest.approx([s.total for s in want])
     assert {t["weight_version"] for t in train} == {0, 1}, "rollouts carry the version that produced them"
     assert all(len(t["image_sha256"]) == 64 and t["completion"] is not None for t in train)
 

@@ -36,11 +36,12 @@ from pipelines.evaluation.evaluate import evaluate_records, select_records
 from pipelines.training.batch_metrics import batch_metrics
 from pipelines.training.checkpoints import prune, resolve_resume, run_settings, tidy
 from pipelines.training.dynamic_sampling import fill_live_groups
-from pipelines.training.metrics import MetricsLog, plot_run_curve, read_metrics
+from pipelines.training.metrics import MetricsLog, driver_overhead, plot_run_curve, read_metrics
 from pipelines.training.overlong import add_overlong_penalty, is_truncated
 from pipelines.training.phase import PhaseMarker
 from pipelines.training.run_setup import RunContext, start_run
 from pipelines.training.run_traces import RunTraces
+from pipelines.training.streamed_scoring import ScoreEachShard, gather_scores
 from pipelines.training.trackers import open_trackers
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class GRPOTrainer:
         self._inflight: deque[_InFlight] = deque()
         self.tr: Optional[RunTraces] = None
         self.phase = PhaseMarker(self.out)  # OUT/phase.json: where the driver is (bench/chaos.py times kills by it)
+        self._log_s = 0.0  # seconds the driver spent logging the previous step
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -114,9 +116,11 @@ class GRPOTrainer:
         while self.step < total:
             m = self.train_step()
             self.step += 1
+            t_log = time.perf_counter()  # driver work between steps: counted in the next step's overhead
             self.metrics.log(self.step, m)
             bar.update(1)
             bar.set_postfix(reward=f"{m['reward_mean']:.2f}", acc=f"{m['accuracy']:.2f}", kl=f"{m.get('kl', 0):.3f}")
+            self._log_s = time.perf_counter() - t_log
             if c.trainer.eval_every and self.step % c.trainer.eval_every == 0 and self.step < total:
                 self.evaluate(tag=f"step_{self.step}")
             if c.trainer.save_every and self.step % c.trainer.save_every == 0 and self.step < total:
@@ -236,8 +240,8 @@ class GRPOTrainer:
                 self.tr.note_weights(self.weight_version, ctx.learners.weights_sha256())
         m.update(timings)
         m["time_step"] = time.perf_counter() - t_step
-        # What the driver spends outside every phase (batching, advantages, traces): it should stay small.
-        m["time_driver"] = m["time_step"] - sum(timings.values())
+        # What the driver spends outside every phase (batching, advantages, traces, logging): it should stay small.
+        m.update(driver_overhead(m["time_step"], timings, self._log_s))
         m["weight_version"] = self.weight_version
         return m
 
@@ -254,8 +258,10 @@ class GRPOTrainer:
         cursor_before = self.cursor.to_dict()
         batch = [ctx.train[i] for i in self.cursor.next_batch()]
         prompts = [ctx.prompt_payload(r) for r in batch]
-        self._inflight.append(_InFlight(step, batch, prompts, ctx.rollout.submit(prompts, self._sampling(step)),
-                                        cursor_before))
+        # Each rollout actor's groups are scored as soon as they are sampled (pipelines/training/streamed_scoring.py).
+        job = ctx.rollout.submit(prompts, self._sampling(step), then=ScoreEachShard(ctx.reward_workers,
+                                                                                   [r.answer for r in batch]))
+        self._inflight.append(_InFlight(step, batch, prompts, job, cursor_before))
 
     def _scored(self, batch: list, prompts: list[dict], outcome) -> tuple[list[SampledPrompt], list]:
         """The sampled prompts with their scores (overlong penalty included), and the (id, error) of those
@@ -268,8 +274,7 @@ class GRPOTrainer:
         for rid, err in skipped:
             log.warning("step %d: prompt %s skipped: %s", self.step, rid, err)
         comps = [comp for sp in kept for comp in sp.result["completions"]]
-        scores = self.ctx.score([x["text"] for x in comps],
-                                [sp.record.answer for sp in kept for _ in sp.result["completions"]])
+        scores = gather_scores(self.ctx, outcome, [r.answer for r in batch])  # streamed per shard when chained
         add_overlong_penalty(scores, comps, max_tokens=c.rollout.max_new_tokens, buffer=c.grpo.overlong_buffer,
                              factor=c.grpo.overlong_penalty)
         k = 0

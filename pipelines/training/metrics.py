@@ -72,6 +72,17 @@ def timer(timings: dict[str, float], name: str) -> Iterator[None]:
     timings[name] = time.perf_counter() - t
 
 
+def driver_overhead(step_s: float, phases: dict[str, float], previous_log_s: float = 0.0) -> dict[str, float]:
+    """The part of a step the driver spends outside every timed phase: ``time_driver`` within the step,
+    ``driver_overhead_s`` adding the logging of the step before (done between the two steps) and
+    ``driver_overhead_share`` its fraction of that wall time."""
+    inside = max(0.0, step_s - sum(phases.values()))
+    total = inside + max(0.0, previous_log_s)
+    wall = step_s + max(0.0, previous_log_s)
+    return {"time_driver": inside, "driver_overhead_s": total,
+            "driver_overhead_share": total / wall if wall > 0 else 0.0}
+
+
 def read_metrics(path: str | Path) -> list[dict]:
     p = Path(path)
     if not p.is_file():

@@ -26,7 +26,7 @@ from pipelines.config_checks import sync_backend
 from pipelines.data.store import load_prepared
 from pipelines.data.synthetic import prepare_synthetic
 from pipelines.errors import UserError
-from pipelines.launch import REWARD_WORKER_CPUS, connect_ray, engine_kwargs, resource_plan, rollout_env
+from pipelines.launch import REWARD_WORKER_CPUS, connect_ray, core_plan, engine_kwargs, resource_plan, rollout_env
 from pipelines.models.checks import refuse_unsafe_model
 from pipelines.models.base_build import build_base, check_cached_base
 from pipelines.models.tiny import is_model_dir
@@ -214,9 +214,14 @@ def start_run(cfg) -> RunContext:
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
     R, N = cfg.rollout.num_workers, cfg.learner.num_workers
     ro = cfg.rollout.resources_per_worker
+    cores = core_plan(cfg)  # on one machine's CPUs: which cores each actor computes on (cluster/cores.py)
+    if cores is not None:
+        log.info("cores: rollout %s, learner %s%s", cores.rollout, cores.learner,
+                 " (disjoint: async overlap)" if cores.overlapped else " (each phase uses every core)")
     rollout_workers = create_rollout_workers(
         R, engine_kwargs(cfg, model_path), num_cpus=ro.num_cpus, num_gpus=ro.num_gpus,
-        custom_resources=dict(ro.custom), env_vars=[rollout_env(cfg, i) for i in range(R)],
+        custom_resources=dict(ro.custom),
+        env_vars=[rollout_env(cfg, i, cores.rollout[i] if cores else None) for i in range(R)],
         placement_group=pgs["rollout"], bundle_indices=list(range(R)), max_restarts=3)
     reward_workers = [RewardActor.options(name=f"reward-{i}", num_cpus=REWARD_WORKER_CPUS,
                                           max_restarts=REWARD_MAX_RESTARTS)
@@ -228,14 +233,17 @@ def start_run(cfg) -> RunContext:
         ray.get([w.sleep.remote(cfg.rollout.sleep_level) for w in rollout_workers])
     learner_env = {k: str(v) for k, v in cfg.cluster.runtime_env_vars.items()}
     if cfg.learner.resources_per_worker.num_gpus == 0:
-        learner_env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // N)) if local else \
-            str(int(cfg.learner.resources_per_worker.num_cpus))
+        # Ray would set OMP_NUM_THREADS to the nominal CPU share (1); with a core plan each rank also
+        # sets its torch threads to its cores whenever a phase starts (actors/phase_threads.py).
+        learner_env["OMP_NUM_THREADS"] = str(len(cores.learner[0])) if cores else \
+            str(max(1, (os.cpu_count() or 1) // N)) if local else str(int(cfg.learner.resources_per_worker.num_cpus))
     total_steps = cfg.trainer.total_steps if cfg.trainer.total_steps > 0 else max(
         1, len(train) * cfg.trainer.epochs // cfg.trainer.prompts_per_step)
     learners = LearnerGroup(
         model_path, cfg.learner, cfg.grpo, total_steps=total_steps,
         samples_per_step=cfg.trainer.prompts_per_step * cfg.rollout.group_size,
         placement_group=pgs["learner"], bundle_indices=list(range(N)), env=learner_env,
+        cores=cores.learner if cores else None,
         learner_kwargs={"dtype": cfg.model.dtype, "attn_implementation": cfg.model.attn_implementation,
                         "temperature": cfg.rollout.temperature, "seed": cfg.trainer.seed})
     if cfg.cluster.colocate:
