@@ -18,23 +18,15 @@ from pathlib import Path
 
 import torch
 
+from actors.weight_stream import TensorSpec
+
 SHM_DIR = Path("/dev/shm")
 ALIGN = 64  # every tensor starts on a cache line (and so on its dtype's alignment)
 
 
 @dataclass(frozen=True)
-class Slot:
-    name: str
-    dtype: str  # torch dtype name without the "torch." prefix
-    shape: tuple[int, ...]
+class Slot(TensorSpec):
     offset: int  # bytes from the start of the segment
-
-    @property
-    def nbytes(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= int(d)
-        return n * getattr(torch, self.dtype).itemsize
 
 
 @dataclass(frozen=True)

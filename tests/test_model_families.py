@@ -12,7 +12,7 @@ import torch
 from learner.image_codec import decode_image
 from learner.model_family import FAMILIES, ModelFamily
 from tests.conftest import TEST_MAX_PIXELS, tiny_dims
-from tests.test_learner import make_samples
+from tests.test_learner import make_samples, one_thread  # noqa: F401 (autouse fixture)
 
 FAMILY_IDS = [f.value for f in ModelFamily]
 
@@ -24,14 +24,6 @@ def family_dir(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(f"tiny-{request.param}")
     build_tiny_model(out, tiny_dims(num_hidden_layers=2), max_pixels=TEST_MAX_PIXELS, family=request.param)
     return request.param, out
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_replica_is_the_family_it_claims(family_dir):

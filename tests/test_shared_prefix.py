@@ -8,7 +8,7 @@ import torch
 
 from learner.model_family import ModelFamily
 from tests.conftest import TEST_MAX_PIXELS, noise_png, tiny_dims
-from tests.test_learner import QUESTIONS, _prompt, make_cfgs
+from tests.test_learner import QUESTIONS, _prompt, make_cfgs, one_thread  # noqa: F401 (autouse fixture)
 
 FAMILY_IDS = [f.value for f in ModelFamily]
 
@@ -21,14 +21,6 @@ def family(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(f"tiny-sp-{request.param}")
     build_tiny_model(out, tiny_dims(num_hidden_layers=2), max_pixels=TEST_MAX_PIXELS, family=request.param)
     return out, load_processor(str(out))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def groups(processor, sizes=(3, 4, 2), vision_in=1, seed=0):
