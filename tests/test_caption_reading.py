@@ -142,3 +142,21 @@ def test_reading_share_is_checked_and_old_bases_count_as_reading_zero(tmp_path):
     pre.reading = 0.5
     with pytest.raises(UserError, match="reading"):
         check_cached_base(tmp_path, pre)
+
+
+def test_reading_probe_scores_every_record_by_question_type(tmp_path):
+    from pipelines.data.synthetic import build_synthetic
+    from pipelines.models.pretrain import _load
+    from pipelines.models.reading_probe import reading_probe
+    from pipelines.models.tiny import build_tiny_model
+
+    build_tiny_model(tmp_path, tiny_dims(num_hidden_layers=1, vision_depth=1), 3136, TEST_MAX_PIXELS)
+    proc, model = _load(tmp_path)
+    records = build_synthetic(seed=0, per_cell=1, test_fraction=0.0)["train"][:6]
+    table = reading_probe(model, proc, records, max_new_tokens=4, batch_size=4)
+    want = {}
+    for r in records:
+        want[r.question_type] = want.get(r.question_type, 0) + 1
+    assert {q: t["n"] for q, t in table.items()} == want
+    for t in table.values():
+        assert all(0.0 <= t[k] <= 1.0 for k in ("accuracy", "names_answer", "reads"))
