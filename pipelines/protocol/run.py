@@ -239,7 +239,8 @@ def run_protocol(cfg, kind: str, *, protocol_dir: str | Path, domains: Optional[
         if started:
             ray.shutdown()
     matrix = matrix_from_cells(d)
-    write_outputs(d, matrix, {"kind": kind, "base model": meta["base_model"], "steps per run": steps,
+    write_outputs(d, matrix, {"kind": kind, "base model": meta["base_model"],
+                              "steps per run": steps or base_dict["trainer"]["total_steps"],
                               "training domains": ", ".join(domains), "prompt styles": ", ".join(styles),
                               "protocol dir": str(d)})
     return matrix
