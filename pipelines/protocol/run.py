@@ -44,6 +44,7 @@ from pipelines.data.store import load_prepared
 from pipelines.errors import UserError
 from pipelines.evaluation.evaluate import evaluate_model
 from pipelines.launch import connect_ray, resource_plan
+from pipelines.models.tiny import is_model_dir
 from pipelines.protocol import KINDS
 from pipelines.protocol.arms import (
     BASELINE,
@@ -198,18 +199,21 @@ def run_protocol(cfg, kind: str, *, protocol_dir: str | Path, domains: Optional[
     if styles[0] != str(cfg.data.prompt_style):
         styles = [str(cfg.data.prompt_style)] + [s for s in styles if s != str(cfg.data.prompt_style)]
     real = train_fn is None or eval_fn is None or (sft_arm and sft_fn is None)
-    started = False
+    started = []
+
+    def need_ray() -> None:  # only when something trains or evaluates: a finished protocol just reports
+        if real and not ray.is_initialized():
+            connect_ray(cfg, wanted_cpus=resource_plan(cfg).totals().get("CPU", 1))
+            started.append(True)
+
     try:
         if real:
-            # The real thing: the base model, the dataset and Ray before any cell starts.
+            # The real thing: the base model and the dataset before any cell starts.
             base_dict["model"]["path"] = ensure_model(cfg)
             ensure_data(eval_config(base_dict))
-            if not ray.is_initialized():
-                connect_ray(cfg, wanted_cpus=resource_plan(cfg).totals().get("CPU", 1))
-                started = True
         if test_domains is None:
             test_domains = _present_test_domains(base_dict, kind) if eval_fn is None else all_domains(kind)
-        by_style = {s: _style_start(base_dict, kind, s, real) for s in styles}
+        by_style = {s: _style_start(base_dict, kind, s, real, need_ray) for s in styles}
         rows = plan_rows(domains, styles, sft_arm=sft_arm, sft_model=bool(sft_model))
         meta = {"kind": kind, "dimension": KINDS[kind], "rows": rows, "cols": test_domains, "steps": steps,
                 "base_model": by_style[styles[0]]["model"]["path"], "sft_model": sft_model, "styles": styles,
@@ -229,6 +233,8 @@ def run_protocol(cfg, kind: str, *, protocol_dir: str | Path, domains: Optional[
                              eval_dict=domain_filter(cd, kind, test_domains)))
         common = dict(steps=steps, eval_workers=eval_workers, eval_max_samples=eval_max_samples,
                       train_fn=train_fn, sft_fn=sft_fn, eval_fn=eval_fn)
+        if jobs:
+            need_ray()
         if sequential:
             for j in jobs:
                 log.info("protocol: running %s", j["row"])
@@ -246,13 +252,15 @@ def run_protocol(cfg, kind: str, *, protocol_dir: str | Path, domains: Optional[
     return matrix
 
 
-def _style_start(base_dict: dict, kind: str, style: str, real: bool) -> dict:
+def _style_start(base_dict: dict, kind: str, style: str, real: bool, need_ray: Callable) -> dict:
     """The config of every row in ``style``; its model.path is the shared warm-start of that
     style (built here once, on the whole training split) or the base model."""
     sd = styled_config(base_dict, style)
     if real and sd["sft"]["warmstart_dir"]:
         wcfg = from_dict(domain_filter(sd, kind, []))
         train, _ = ensure_data(wcfg)
+        if not is_model_dir(Path(sd["sft"]["warmstart_dir"]) / "hf"):
+            need_ray()  # the warm-start trains on the learner actors
         sd["model"]["path"] = ensure_warmstart(wcfg, sd["model"]["path"], train)
     sd["sft"]["warmstart_dir"] = ""
     return sd
