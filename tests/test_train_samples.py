@@ -61,3 +61,19 @@ def test_dead_group_filter_applies_only_when_asked():
     r = torch.tensor([0.1] * 5 + [0.0, 1.0, 0.0, 0.0, 0.0] + [1.0] * 5)
     assert groups_that_train(r, 5, filter_dead=True) == [False, True, False]
     assert groups_that_train(r, 5, filter_dead=False) == [True, True, True]
+
+
+@pytest.mark.parametrize("overrides, scale, eps", [
+    ([], "group", 1e-4), (["grpo.advantage_scale=batch"], "batch", 1e-4),
+    (["grpo.advantage_scale=none"], "none", 1e-4), (["grpo.advantage_eps=0.5"], "group", 0.5),
+])
+def test_group_advantages_follow_the_config(overrides, scale, eps):
+    from learner.grpo import compute_advantages
+    from pipelines.config import load_config
+    from pipelines.training.train_samples import group_advantages
+
+    r = torch.tensor([0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 2.0, 0.0])
+    got, _ = group_advantages(r, 4, load_config(None, overrides).grpo)
+    torch.testing.assert_close(got, compute_advantages(r, 4, scale=scale, eps=eps)[0], rtol=0, atol=0)
+    if overrides:  # each setting changes these advantages
+        assert not torch.allclose(got, compute_advantages(r, 4)[0])

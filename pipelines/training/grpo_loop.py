@@ -26,7 +26,6 @@ from tqdm import tqdm
 
 from actors.weight_sync import WeightPushError
 from cluster.ray_utils import describe_failure
-from learner.grpo import compute_advantages
 from learner.policy import vision_token_ids
 from pipelines.config import to_dict
 from pipelines.data.cursor import DataCursor
@@ -41,7 +40,7 @@ from pipelines.training.phase import PhaseMarker
 from pipelines.training.run_setup import RunContext, start_run
 from pipelines.training.run_traces import RunTraces
 from pipelines.training.streamed_scoring import ScoreEachShard, gather_scores
-from pipelines.training.train_samples import groups_that_train, learner_batch
+from pipelines.training.train_samples import group_advantages, groups_that_train, learner_batch
 from pipelines.training.trackers import open_trackers
 
 log = logging.getLogger(__name__)
@@ -184,7 +183,7 @@ class GRPOTrainer:
         scores = [s for sp in kept for s in sp.scores]
         rewards = torch.tensor([s["total"] for s in scores], dtype=torch.float32)
         m["prompts"] = len(kept)
-        adv, adv_stats = compute_advantages(rewards, G, scale=c.grpo.advantage_scale, eps=c.grpo.advantage_eps)
+        adv, adv_stats = group_advantages(rewards, G, c.grpo)
         if trains is None:
             trains = groups_that_train(rewards, G, c.grpo.filter_dead_groups)
         lb = learner_batch(kept, adv, trains, c.grpo.overlong_filter)

@@ -8,9 +8,14 @@ from typing import Any, Sequence
 
 import torch
 
-from learner.grpo import dead_group_mask
+from learner.grpo import compute_advantages, dead_group_mask
 from learner.samples import TrainSample
 from pipelines.training.overlong import is_truncated
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, grpo: Any) -> tuple[torch.Tensor, dict]:
+    """``learner.grpo.compute_advantages`` with the ``grpo`` config section's scale and eps."""
+    return compute_advantages(rewards, group_size, scale=str(grpo.advantage_scale), eps=float(grpo.advantage_eps))
 
 
 def groups_that_train(rewards: torch.Tensor, group_size: int, filter_dead: bool) -> list[bool]:
