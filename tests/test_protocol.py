@@ -15,10 +15,21 @@ from pipelines.protocol import matrix as M
 from pipelines.protocol import run as P
 
 
-def _fake_eval_factory(calls: list, dim: str, domains: list[str], per_domain: int = 10):
-    """eval_fn writing real trace rows: a row trained on X answers X's test prompts better."""
+def write_eval(out: Path, rows: list[dict]) -> dict:
+    """What a real evaluation leaves in ``out``: the trace store of its rows and eval.json."""
     from pipelines.evaluation.accuracy import summarize
     from pipelines.traces import TraceWriter
+
+    tw = TraceWriter(out / "traces", kind="eval")
+    tw.add(rows)
+    tw.close()
+    m = summarize(rows, [], 1.0)
+    (out / "eval.json").write_text(json.dumps(m))
+    return m
+
+
+def _fake_eval_factory(calls: list, dim: str, domains: list[str], per_domain: int = 10):
+    """eval_fn writing real trace rows: a row trained on X answers X's test prompts better."""
 
     def fake_eval(model, cfg_dict, out: Path, row: str, workers, max_samples):
         calls.append(row)
@@ -31,12 +42,7 @@ def _fake_eval_factory(calls: list, dim: str, domains: list[str], per_domain: in
                              "question_type": d if dim == "question_type" else "disease diagnosis",
                              "source": "fake", "correct": i < k, "predicted": "A" if i < k else "",
                              "format_ok": True, "completion": "<think></think> <answer>A</answer>"})
-        tw = TraceWriter(out / "traces", kind="eval")
-        tw.add(rows)
-        tw.close()
-        m = summarize(rows, [], 1.0)
-        (out / "eval.json").write_text(json.dumps(m))
-        return m
+        return write_eval(out, rows)
 
     return fake_eval
 

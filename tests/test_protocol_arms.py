@@ -12,6 +12,7 @@ from pipelines.errors import UserError
 from pipelines.protocol import arms as A
 from pipelines.protocol import matrix as M
 from pipelines.protocol import run as P
+from tests.test_protocol import write_eval
 
 
 def _dict(*overrides):
@@ -67,9 +68,6 @@ def test_styled_config_swaps_prompts_format_reward_and_warmstart_dir():
 def _fake_eval(calls: list):
     """Reads its test domains from the eval config it is given (the columns); a row trained on
     X answers 8/10 of X, base 3/10 everywhere, SFT 9/10 in-domain and 2/10 out, think rows +1."""
-    from pipelines.evaluation.accuracy import summarize
-    from pipelines.traces import TraceWriter
-
     def fake_eval(model, cfg_dict, out: Path, row, workers, max_samples):
         cols = cfg_dict["data"]["question_types"]
         calls.append((row, list(cols), cfg_dict["eval"]["prompt_style"], model))
@@ -82,12 +80,7 @@ def _fake_eval(calls: list):
                 rows.append({"run": row, "kind": "eval", "prompt_id": f"{c}-{i}", "answer": "A", "modality": "CT",
                              "question_type": c, "source": "fake", "correct": i < k,
                              "predicted": "A" if i < k else "B", "format_ok": True, "completion": "<answer>A</answer>"})
-        tw = TraceWriter(out / "traces", kind="eval")
-        tw.add(rows)
-        tw.close()
-        m = summarize(rows, [], 1.0)
-        (out / "eval.json").write_text(json.dumps(m))
-        return m
+        return write_eval(out, rows)
 
     return fake_eval
 
