@@ -128,6 +128,26 @@ def _layerwise_finish(model, model_config) -> None:
     from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
 
     finalize_layerwise_reload(model, model_config)
+    refresh_tied_heads(model)
+
+
+def refresh_tied_heads(model) -> int:
+    """Repack an LM head tied to the input embedding; returns how many were. On CPU vLLM packs the head's
+    weight for oneDNN once at load. A push loads the tied weight through the embedding only, so the
+    layer-wise reload re-processes the embedding and puts the head's old tensors back: the parameter
+    is updated in place, the packed copy the sampler multiplies with is not (every logit would come
+    from the first weights). Elsewhere the head multiplies the parameter itself and this is a no-op."""
+    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+
+    owners: dict[int, int] = {}
+    heads = [m for m in model.modules() if isinstance(getattr(m, "quant_method", None), UnquantizedEmbeddingMethod)
+             and isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.numel() > 0]
+    for m in heads:
+        owners[m.weight.data_ptr()] = owners.get(m.weight.data_ptr(), 0) + 1
+    tied = [m for m in heads if owners[m.weight.data_ptr()] > 1]
+    for m in tied:
+        m.quant_method.process_weights_after_loading(m)
+    return len(tied)
 
 
 # ---------------------------------------------------------------- gloo ----

@@ -218,6 +218,8 @@ def test_clip_high_positive_advantage():
     assert m["clip_fraction"] == 0.25 and m["clip_fraction_high"] == 0.25 and m["clip_fraction_low"] == 0.0
     assert math.isclose(m["ratio_max"], 1.5, rel_tol=1e-6)
     assert math.isclose(m["ratio_mean"], sum(RATIOS) / 4, rel_tol=1e-6)
+    # |log r| per token, averaged: the sampler-vs-learner gap when nothing has been updated yet
+    assert math.isclose(m["logprob_gap"], sum(abs(math.log(r)) for r in RATIOS) / 4, rel_tol=1e-6)
 
 
 def test_clip_low_negative_advantage():
