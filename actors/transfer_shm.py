@@ -69,6 +69,7 @@ class ShmWeightTransferEngine(WeightTransferEngine[ShmInitInfo, ShmUpdateInfo]):
         super().__init__(config, vllm_config, device, model)
         self.segment: torch.Tensor | None = None
         self.received: dict[str, list[float]] = {}
+        self.layerwise = False  # set by each start_weight_update
 
     def init_transfer_engine(self, init_info: ShmInitInfo) -> None:
         here = shm_segment.host_id()
@@ -80,7 +81,7 @@ class ShmWeightTransferEngine(WeightTransferEngine[ShmInitInfo, ShmUpdateInfo]):
 
     def start_weight_update(self) -> None:
         self.received = {}
-        _layerwise_start(self.model)
+        self.layerwise = _layerwise_start(self.model)
 
     def update_weights(self, update_info: dict) -> None:
         self.receive_weights(self.parse_update_info(update_info))  # no accelerator sync: loads are synchronous
@@ -94,7 +95,7 @@ class ShmWeightTransferEngine(WeightTransferEngine[ShmInitInfo, ShmUpdateInfo]):
         self.model.load_weights(pairs)  # the one copy: from the mapping into the engine's parameters
 
     def finish_weight_update(self) -> None:
-        _layerwise_finish(self.model, self.model_config)
+        _layerwise_finish(self.model, self.model_config, self.layerwise)
 
     def shutdown(self) -> None:
         self.segment = None  # the mapping goes with the last view

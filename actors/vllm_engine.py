@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from actors import cpu_weights
 from actors.weight_stream import DEFAULT_CHUNK_BYTES, stream_messages
 from learner.image_codec import decode_image
 from learner.policy import vision_token_ids
@@ -104,6 +105,7 @@ class RolloutEngine:
         trust_remote_code: bool = False,
         enable_sleep: bool = False,
         weight_sync: str = "object_store",
+        cpu_linear: str = "plain",
     ):
         # vLLM is imported in the rollout actor's process only: the driver never needs it.
         from vllm import LLM
@@ -111,6 +113,8 @@ class RolloutEngine:
 
         self.max_pixels = max_pixels
         quiet_per_push_logs()
+        if current_platform.is_cpu():  # before the model is built (worker processes read it from the env)
+            cpu_weights.keep_plain(cpu_linear == cpu_weights.PLAIN)
         kwargs: dict[str, Any] = dict(
             model=model_path,
             dtype=dtype,
