@@ -126,11 +126,16 @@ def _bench_backend(backend: str, cpu_linear: str, group, model: Path, cores: str
         tok_s = _sample_tok_s(workers[0], prompts)
         sync = make_weight_sync(backend, bucket_size_mb=args.bucket_mb, verify="off", dtype="float32")
         sync.push(group, workers, 1)  # forms the group, warms caches
-        times, nbytes = [], 0
+        ray.get(workers[0].take_push_parts.remote())
+        times, nbytes, sender = [], 0, {}
         for v in range(2, 2 + args.pushes):
             out = sync.push(group, workers, v)
             times.append(out["push_seconds"])
             nbytes = out["push_bytes"]
+            for k, x in out.items():
+                if k.startswith("push_sender_"):
+                    sender.setdefault(k.removeprefix("push_sender_").removesuffix("_seconds"), []).append(x)
+        engine_parts = {k: x / args.pushes for k, x in ray.get(workers[0].take_push_parts.remote()).items()}
         sync.verify_when = "every"  # one checked push after the timed ones: the engine holds the learner's weights
         sync.push(group, workers, 2 + args.pushes)
         if backend != "object_store":
@@ -139,7 +144,8 @@ def _bench_backend(backend: str, cpu_linear: str, group, model: Path, cores: str
     finally:
         kill_quietly(workers)
     return {"backend": f"{backend}:{cpu_linear}", "push_s": statistics.median(times), "push_s_all": times,
-            "bytes": nbytes, "verified": True, "sample_tok_s": tok_s}
+            "bytes": nbytes, "verified": True, "sample_tok_s": tok_s, "engine_parts_s": engine_parts,
+            "sender_parts_s": {k: statistics.median(x) for k, x in sender.items()}}
 
 
 def print_table(res: dict, args) -> None:
@@ -153,6 +159,12 @@ def print_table(res: dict, args) -> None:
         print(f"{r['backend']:<22}{r['push_s']:>9.4f}{r['mb_s']:>10.0f}{r['vs_object_store']:>15.2f}x"
               f"{r['push_over_memcpy']:>13.3f}{r['sample_tok_s']:>14.0f}")
     print(f"{'memcpy':<22}{res['memcpy_s']:>9.4f}{res['memcpy_mb_s']:>10.0f}")
+    print("where a push goes (s per push; engine: inside the rollout engine, sender: on learner rank 0)")
+    for r in res["rows"]:
+        if "error" not in r:
+            parts = [f"engine {k} {v:.4f}" for k, v in r["engine_parts_s"].items()]
+            parts += [f"sender {k} {v:.4f}" for k, v in r["sender_parts_s"].items()]
+            print(f"  {r['backend']:<20}" + ", ".join(parts))
 
 
 def main() -> int:
