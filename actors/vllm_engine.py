@@ -107,7 +107,7 @@ class RolloutEngine:
         trust_remote_code: bool = False,
         enable_sleep: bool = False,
         weight_sync: str = "object_store",
-        cpu_linear: str = "plain",
+        cpu_linear: str = "packed",
     ):
         # vLLM is imported in the rollout actor's process only: the driver never needs it.
         from vllm import LLM

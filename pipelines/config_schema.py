@@ -134,8 +134,9 @@ class RolloutConfig:
     sleep_level: int = 1
     seed: int = 0
     # On CPU: plain keeps linear weights as loaded, so a weight push is one copy into them; packed is
-    # vLLM's oneDNN layout, which each push must rebuild (bench/bench_push.py measures both).
-    cpu_linear: CpuLinear = CpuLinear.plain
+    # vLLM's oneDNN layout, which each push must rebuild. packed stays the default until
+    # bench/bench_push.py has measured plain's sampling speed beside it.
+    cpu_linear: CpuLinear = CpuLinear.packed
 
 
 @dataclass

@@ -3,10 +3,9 @@ vLLM's greedy continuation equals the learner's own HF greedy continuation, and
 differs from what the engine produced before the push. Under LoRA the push carries the
 merged weights and the learner generates through PEFT with the adapter active.
 
-Both ways a CPU engine holds linear weights are covered (actors/cpu_weights.py): plain
-(the default; a push is vLLM's load_weights copying into them, no reload) over the object
-store and over shared memory, and packed for oneDNN (vLLM's layer-wise reload) over shared
-memory."""
+Both ways a CPU engine holds linear weights are covered (actors/cpu_weights.py): packed for
+oneDNN (the default; vLLM's layer-wise reload) over the object store and shared memory, and
+plain (a push is vLLM's load_weights copying into them, no reload) over shared memory."""
 from __future__ import annotations
 
 import os
@@ -23,7 +22,7 @@ pytestmark = pytest.mark.slow
 def engine(request, tiny_model_dir, ray_session):
     """(backend, rollout actor, whether it is the session's shared actor)."""
     backend, cpu_linear = request.param
-    if backend == "object_store" and cpu_linear == "plain":
+    if backend == "object_store" and cpu_linear == "packed":
         yield backend, request.getfixturevalue("rollout_worker"), True
         return
     from actors.rollout import create_rollout_workers, wait_ready
@@ -42,7 +41,7 @@ def engine(request, tiny_model_dir, ray_session):
         kill_quietly([worker])
 
 
-@pytest.mark.parametrize("engine,lora_rank", [(("object_store", "plain"), 0), (("object_store", "plain"), 8),
+@pytest.mark.parametrize("engine,lora_rank", [(("object_store", "packed"), 0), (("object_store", "packed"), 8),
                                               (("shm", "plain"), 0), (("shm", "packed"), 0)],
                          ids=["full", "lora8", "shm-plain", "shm-packed"], indirect=["engine"])
 def test_push_makes_vllm_match_learner(tiny_model_dir, engine, ray_session, lora_rank):
