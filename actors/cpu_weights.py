@@ -66,3 +66,20 @@ def loads_in_place(model) -> bool:
         if not getattr(module, "_cpu_skip_gemm_dispatch", False) or weight is None or weight.numel() == 0:
             return False
     return True
+
+
+def plain_heads(model) -> int:
+    """Make the LM head (and embedding) multiply by their parameter; returns how many changed. vLLM packs
+    them for oneDNN at load whatever ``_cpu_skip_gemm_dispatch`` says (only linear layers read it), and a
+    tied head's packed copy would go stale when a push copies new weights into the parameter."""
+    import torch
+    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+
+    n = 0
+    for module in model.modules():
+        if isinstance(getattr(module, "quant_method", None), UnquantizedEmbeddingMethod) and \
+                getattr(module, "cpu_linear", None) is not None and not getattr(module, "_medr1_plain", False):
+            module.cpu_linear = lambda x, weight, bias: torch.nn.functional.linear(x, weight, bias)
+            module._medr1_plain = True
+            n += 1
+    return n

@@ -175,6 +175,20 @@ def wait_ready(workers: list, timeout: float = 900.0) -> list[dict]:
     return ray.get([w.ready.remote() for w in workers], timeout=timeout)
 
 
+def wait_restarted(worker, name: str, timeout: float = 900.0) -> None:
+    """Block until ``worker`` answers again after a death (Ray restarts it), or raise naming it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            ray.get(worker.ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
+            return
+        except _ACTOR_FAILURES + (ray.exceptions.GetTimeoutError,) as e:
+            # ActorUnavailableError while Ray restarts it; ActorDiedError once restarts are used up.
+            if isinstance(e, ActorDiedError) or time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not come back: {describe_failure(e)}") from e
+            time.sleep(2.0)
+
+
 @dataclass
 class RolloutOutcome:
     results: list[dict]  # one PromptResult dict per prompt, in input order
@@ -247,7 +261,7 @@ class RolloutPool:
                 if attempt >= self.max_reissues:
                     raise RuntimeError(f"rollout prompts {idx[:3]}... failed {attempt + 1} times; last: {describe_failure(e)}") from e
                 self.restarts += 1
-                target = self._recover(wi)
+                target = self.recover(wi)
                 log.warning("rollout-%d died (%s); re-issuing %d prompts to rollout-%d", wi, type(e).__name__,
                             len(idx), target)
                 pending[self._submit(target, prompts, idx, sampling, job)] = (target, idx, attempt + 1)
@@ -282,8 +296,9 @@ class RolloutPool:
         self.restarts += 1
         self._restarting.add(i)
 
-    def _recover(self, dead: int) -> int:
-        """Where to re-issue a dead actor's prompts: a live actor now, else the restarted one."""
+    def recover(self, dead: int) -> int:
+        """Where to re-issue a dead actor's prompts: a live actor now (not one still restarting),
+        else the restarted one, once it is back at the current weights."""
         self._restarting.add(dead)
         alive = [i for i in range(len(self.workers)) if i not in self._restarting and self._alive(i)]
         if alive:
@@ -292,16 +307,7 @@ class RolloutPool:
         return dead
 
     def _wait_ready(self, i: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                ray.get(self.workers[i].ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
-                return
-            except _ACTOR_FAILURES + (ray.exceptions.GetTimeoutError,) as e:
-                # ActorUnavailableError while Ray restarts it; ActorDiedError once restarts are used up.
-                if isinstance(e, ActorDiedError) or time.monotonic() > deadline:
-                    raise RuntimeError(f"rollout-{i} did not come back: {describe_failure(e)}") from e
-                time.sleep(2.0)
+        wait_restarted(self.workers[i], f"rollout-{i}", timeout)
 
     def _alive(self, i: int) -> bool:
         try:

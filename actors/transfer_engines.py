@@ -44,7 +44,7 @@ from vllm.distributed.weight_transfer.base import (
 from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory, WeightTransferTrainerFactory
 from vllm.distributed.weight_transfer.packed_tensor import pack_tensors, unpack_tensor
 
-from actors.cpu_weights import loads_in_place
+from actors.cpu_weights import loads_in_place, plain_heads
 from actors.weight_stream import DEFAULT_CHUNK_BYTES, StreamAssembler
 from actors.weight_verify import tensor_stats
 
@@ -133,10 +133,31 @@ def _layerwise_start(model) -> bool:
 
 def _layerwise_finish(model, model_config, layerwise: bool) -> None:
     if not layerwise:
+        plain_heads(model)  # loaded in place: the head must read its parameter, not a copy packed at load
         return
     from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
 
     finalize_layerwise_reload(model, model_config)
+    refresh_tied_heads(model)
+
+
+def refresh_tied_heads(model) -> int:
+    """Repack an LM head tied to the input embedding; returns how many were. On CPU vLLM packs the head's
+    weight for oneDNN once at load. A push loads the tied weight through the embedding only, so the
+    layer-wise reload re-processes the embedding and puts the head's old tensors back: the parameter
+    is updated in place, the packed copy the sampler multiplies with is not (every logit would come
+    from the first weights). Elsewhere the head multiplies the parameter itself and this is a no-op."""
+    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+
+    owners: dict[int, int] = {}
+    heads = [m for m in model.modules() if isinstance(getattr(m, "quant_method", None), UnquantizedEmbeddingMethod)
+             and isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.numel() > 0]
+    for m in heads:
+        owners[m.weight.data_ptr()] = owners.get(m.weight.data_ptr(), 0) + 1
+    tied = [m for m in heads if owners[m.weight.data_ptr()] > 1]
+    for m in tied:
+        m.quant_method.process_weights_after_loading(m)
+    return len(tied)
 
 
 # ---------------------------------------------------------------- gloo ----

@@ -10,7 +10,7 @@ calls; what is added here is the check that a push landed. Names start with
 from __future__ import annotations
 
 from actors import cpu_weights, transfer_engines, transfer_shm  # noqa: F401  (register medr1_gloo, medr1_stream, medr1_shm)
-from actors.weight_verify import tensor_stats
+from actors.weight_verify import stale_cpu_kernels, tensor_stats
 
 cpu_weights.apply_env()  # a worker process of its own: build the model with the engine's CPU linear choice
 
@@ -21,7 +21,8 @@ class MedR1WorkerExtension:
         (``received``: what can be checked where the CPU kernels repacked a weight out of sight)."""
         params = {name: tensor_stats(p) for name, p in self.model_runner.model.named_parameters()}
         engine = getattr(self, "weight_transfer_engine", None)
-        return {"params": params, "received": dict(getattr(engine, "received", {}) or {})}
+        return {"params": params, "received": dict(getattr(engine, "received", {}) or {}),
+                "stale_kernels": stale_cpu_kernels(self.model_runner.model)}
 
     def medr1_param_names(self, names: list[str]) -> dict[str, str | None]:
         """Checkpoint name -> the vLLM parameter it loads into (None: none found), through the

@@ -98,6 +98,8 @@ class WeightSync:
         for w, stats in zip(workers, per_engine):
             bad = [f"{ck}: no parameter of the engine loads it" for ck in unmapped]
             bad += mismatches(expected, engine_stats(stats, expected, sources), sources)
+            bad += [f"{m}: its CPU kernel multiplies by other weights than the parameter holds (a stale packed copy)"
+                    for m in sorted({m for s in stats for m in s.get("stale_kernels", [])})]
             if bad:
                 name = ray.get(w.ready.remote(), timeout=self.timeout_s)["index"]
                 raise WeightPushError(

@@ -22,6 +22,26 @@ def tensor_stats(t: torch.Tensor) -> list[float]:
     return [float(x.sum()), float((x * x).sum()), float(x.numel())]
 
 
+def stale_cpu_kernels(model: torch.nn.Module, rtol: float = 1e-3) -> list[str]:
+    """Modules whose CPU kernel disagrees with their own weight parameter. vLLM's CPU layers multiply
+    through ``cpu_linear``, which may hold a packed copy of the weight; where the layer also keeps the
+    weight (an LM head, an embedding), a probe through both must agree, or a push updated the parameter
+    and not the copy the kernel reads. Layers that dropped their weight are checked by the stats instead."""
+    bad = []
+    gen = torch.Generator().manual_seed(0)
+    for name, m in model.named_modules():
+        w = getattr(m, "weight", None)
+        if getattr(m, "cpu_linear", None) is None or not isinstance(w, torch.Tensor) or w.ndim != 2 or not w.numel():
+            continue
+        x = torch.randn(2, w.shape[1], generator=gen).to(w.dtype)
+        with torch.no_grad():
+            want = torch.nn.functional.linear(x, w).float()
+            got = m.cpu_linear(x, w, None).float()
+        if (got - want).abs().max() > rtol * (want.abs().max() + 1e-6):
+            bad.append(name)
+    return bad
+
+
 def expected_stats(learner: dict[str, list[float]], mapping: dict[str, str | None]
                    ) -> tuple[dict[str, list[float]], dict[str, list[str]], list[str]]:
     """Sum the learner's per-checkpoint-tensor stats into the vLLM parameters they load into.

@@ -28,6 +28,15 @@ caption of an unseen pool image names the drawn fact (the perception the warm-st
 ``<think>`` text carries), per question type.
 
     .venv/bin/python bench/bench_learnability.py --pretrain-steps 800 --targets class,answer --steps 150
+
+``--pretrain-reading 0.5`` makes half of each pretraining batch a reading item (the caption,
+then the letter of the listed pool term it names; ``pipelines/data/caption_reading.py``), and
+``--steps 0`` skips the supervised training: then it only prints, per base and question type,
+the reading probe (``pipelines/models/reading_probe.py``): given a held-out benchmark image
+and its shuffled options, does the base's own description name the answer, is its letter
+right, and is its letter the one its own description names.
+
+    .venv/bin/python bench/bench_learnability.py --pretrain-steps 600 --pretrain-reading 0.5 --steps 0
 """
 from __future__ import annotations
 
@@ -102,7 +111,8 @@ def train_one(model_dir: str, train, test, target, steps: int, batch: int, lr: f
     return curve
 
 
-def build_bases(tmp: str, model: str | None, pretrain_steps: int, pretrain_per_cell: int) -> dict[str, str]:
+def build_bases(tmp: str, model: str | None, pretrain_steps: int, pretrain_per_cell: int,
+                reading: float = 0.0) -> dict[str, str]:
     """{"random": dir} (or the given --model), plus {"captioned": dir} when ``pretrain_steps`` > 0."""
     from omegaconf import OmegaConf
 
@@ -116,7 +126,7 @@ def build_bases(tmp: str, model: str | None, pretrain_steps: int, pretrain_per_c
                                          min_pixels=3136, max_pixels=112 * 112))
     if pretrain_steps > 0:
         pre = OmegaConf.structured(CaptionPretrainConfig)
-        pre.enabled, pre.steps, pre.per_cell = True, pretrain_steps, pretrain_per_cell
+        pre.enabled, pre.steps, pre.per_cell, pre.reading = True, pretrain_steps, pretrain_per_cell, reading
         t0 = time.perf_counter()
         bases["captioned"] = str(build_base(Path(tmp) / "captioned", tiny, pre, min_pixels=3136,
                                             max_pixels=112 * 112))
@@ -131,6 +141,24 @@ def caption_perception(model_dir: str, n_per_cell: int = 3) -> dict[str, float]:
 
     held = build_caption_pool(seed=424242, per_cell=n_per_cell)  # neither the benchmark nor the training pool
     return perception_by_type(describe(model_dir, [h.image for h in held], progress=False), held)
+
+
+def probe(model_dir: str, test) -> dict:
+    from pipelines.models.pretrain import _load
+    from pipelines.models.reading_probe import reading_probe
+
+    proc, model = _load(model_dir)
+    return reading_probe(model, proc, test)
+
+
+def print_reading(reading: dict, n: int) -> None:
+    print(f"\nreading probe (n={n}): own description names the answer / letter right / letter is the one "
+          "its description names")
+    for base, table in reading.items():
+        print(f"  {base}")
+        for q in sorted(table):
+            t = table[q]
+            print(f"    {q:<30} {t['names_answer']:.3f}  {t['accuracy']:.3f}  {t['reads']:.3f}  (n={t['n']})")
 
 
 def main() -> int:
@@ -149,6 +177,7 @@ def main() -> int:
     ap.add_argument("--pretrain-steps", type=int, default=0,
                     help="> 0: also caption-pretrain a copy of the base this many steps and train both side by side")
     ap.add_argument("--pretrain-per-cell", type=int, default=40, help="caption pool images per cell")
+    ap.add_argument("--pretrain-reading", type=float, default=0.0, help="share of reading items in pretraining")
     args = ap.parse_args()
 
     from tqdm import tqdm
@@ -162,8 +191,9 @@ def main() -> int:
     chosen = [t.strip() for t in args.targets.split(",") if t.strip()]
     curves, seconds, by_type, perception = {}, {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        bases = build_bases(tmp, args.model, args.pretrain_steps, args.pretrain_per_cell)
-        runs = [(b, t) for b in bases for t in chosen]
+        bases = build_bases(tmp, args.model, args.pretrain_steps, args.pretrain_per_cell, args.pretrain_reading)
+        reading = {b: probe(d, test) for b, d in bases.items()}
+        runs = [(b, t) for b in bases for t in chosen] if args.steps > 0 else []
         for base, name in tqdm(runs, desc="targets", unit="target"):
             col = name if len(bases) == 1 else f"{name}/{base}"
             t0 = time.perf_counter()
@@ -174,6 +204,9 @@ def main() -> int:
         if "captioned" in bases:
             perception = {b: caption_perception(d) for b, d in bases.items()}
 
+    print_reading(reading, len(test))
+    if not curves:
+        return 0
     print(f"\nheld-out accuracy (n={len(test)}), letter-only supervised, batch {args.batch}, lr {args.lr}")
     names = list(curves)
     w = max(12, max(len(n) for n in names) + 2)

@@ -61,6 +61,7 @@ from learner.shared_prefix import build_prefix_inputs, shared_prefix_logprobs
 from learner.weights_digest import weights_digest
 
 log = logging.getLogger(__name__)
+GAP_WARN_NATS = 0.1
 
 _DS_TAG = checkpoint_save.DS_TAG
 CLIENT_STATE = checkpoint_save.CLIENT_STATE  # the client state again, as JSON
@@ -133,6 +134,7 @@ class GRPOLearner:
             self.ref = build_reference(self.model_path, dtype, attn_implementation, self.stage, ds_config,
                                        learner_cfg.bf16, self.device, self.compute_dtype)
         self.optimizer_steps = 0
+        self._gap_warned = False
         self.shared_prefix = bool(learner_cfg.shared_prefix)
         self._encoded: dict = {}  # prompt key -> processor output, within one train_step
         self._vision_ids = set(vision_token_ids(self.processor.tokenizer))  # masked out of the loss
@@ -213,6 +215,7 @@ class GRPOLearner:
         wsum = 0.0
         grad_norms, lrs = [], []
         loss_total, n_steps = 0.0, 0
+        gap = [0.0, 0.0]  # the first mini-batch's |learner - sampler| log-prob: nothing has been updated yet
         self.engine.train()
         for _ in range(self.updates_per_batch):
             for j in range(n_mini):
@@ -232,6 +235,9 @@ class GRPOLearner:
                         for k, v in m.items():
                             if k != "num_tokens":
                                 sums[k] = sums.get(k, 0.0) + float(v) * nb
+                        if _ == 0 and j == 0 and "logprob_gap" in m:
+                            gap[0] += float(m["logprob_gap"]) * nb
+                            gap[1] += nb
                 lrs.append(float(self.scheduler.get_last_lr()[0]))
                 pre_norm = self._local_grad_norm() if self.stage == 0 else None
                 self.engine.step()
@@ -253,8 +259,21 @@ class GRPOLearner:
         # Sampled vision special tokens (vLLM is told not to sample them): fed as pad and not trained on.
         metrics["vision_tokens_masked"] = float(sum(int(b["vision_tokens"]) for b, (_, w) in zip(batches, micro) if w > 0))
         metrics["optimizer_steps"] = float(self.optimizer_steps)
+        if gap[1] > 0:
+            metrics["rollout_logprob_gap"] = gap[0] / gap[1]
+            self._warn_gap(metrics["rollout_logprob_gap"])
         metrics["learner_time"] = time.perf_counter() - t0
         return metrics
+
+    def _warn_gap(self, value: float) -> None:
+        """Once: sampler and learner disagree on the log-probs of the same tokens under the same weights,
+        so the importance ratio measures that gap, not the update (a push that did not land everywhere,
+        a dtype or kernel difference). 0.1 nats per token is far above float rounding."""
+        if value > GAP_WARN_NATS and not self._gap_warned:
+            self._gap_warned = True
+            log.warning("the rollout engine's log-probs differ from the learner's by %.3f nats per token on average "
+                        "before any update (rollout_logprob_gap); the engine may be sampling from other weights than "
+                        "the learner's (check weight_sync.verify) or in another precision", value)
 
     # ------------------------------------------------------------------ weights
     def _gathered_params(self):

@@ -256,6 +256,8 @@ def grpo_loss(
             # With no tokens there is no ratio; report the neutral value 1.
             "ratio_mean": _masked_mean(ratio, maskb, empty=1.0),
             "ratio_max": ratio[maskb].max().item() if num_tokens > 0 else 1.0,
+            # Before the first update of a step this is the sampler-vs-learner gap (same weights, two engines).
+            "logprob_gap": _masked_mean((logp.detach() - old_logp).abs(), maskb),
             "num_tokens": num_tokens,
         }
         if entropy is not None:

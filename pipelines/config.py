@@ -71,6 +71,11 @@ def _explain(err: OmegaConfBaseException, schema: DictConfig, source: str) -> st
 _ALIASES = {"rollout.async": "rollout.async_mode"}
 
 
+# Mappings whose default has entries: a config that names the mapping gives all of it. Merged key by key,
+# `functions: {format_nothink: 1, accuracy_strict: 1}` would silently keep the default's think-format reward.
+REPLACED_MAPPINGS = ("reward.functions",)
+
+
 def _apply_aliases(file_cfg) -> None:
     for alias, key in _ALIASES.items():
         section, _, name = alias.rpartition(".")
@@ -101,6 +106,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         _apply_aliases(file_cfg)
         try:
             cfg = OmegaConf.merge(cfg, file_cfg)
+            for key in REPLACED_MAPPINGS:  # the file's mapping is the whole mapping, not keys added to the default's
+                if OmegaConf.select(file_cfg, key) is not None:
+                    OmegaConf.update(cfg, key, OmegaConf.select(file_cfg, key), merge=False)
         except OmegaConfBaseException as e:
             raise ConfigError(_explain(e, schema, str(path))) from None
     for item in overrides or []:
@@ -148,6 +156,10 @@ def _merge_override(cfg, key: str, value: str):
     """Merge one ``key=value``. An empty value (``key=``) means null where the field may be
     null, and the empty string where it is a plain string (e.g. ``sft.warmstart_dir=``: off)."""
     try:
+        if key in REPLACED_MAPPINGS:  # `reward.functions={accuracy: 1}` is the whole set; `reward.functions.x=0` edits one
+            cfg = cfg.copy()
+            OmegaConf.update(cfg, key, OmegaConf.select(OmegaConf.from_dotlist([f"{key}={value}"]), key), merge=False)
+            return cfg
         return OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"{key}={value}"]))
     except ValidationError:
         if value.strip():

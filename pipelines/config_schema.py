@@ -69,6 +69,9 @@ class CaptionPretrainConfig:
     steps: int = 600
     batch_size: int = 16
     lr: float = 1.0e-3
+    # Share of each batch that is a reading item (pipelines/data/caption_reading.py): the caption,
+    # then the letter of the listed term it names; what lets the base match its words to options.
+    reading: float = 0.0
 
 
 @dataclass

@@ -83,6 +83,8 @@ def test_parse_problem_edge_cases():
     ("Modality Recognition_train.json", ("unknown", "modality recognition")),
     ("Other Biological Attributes_test.json", ("unknown", "other biological attributes")),
     ("unknown_train.json", ("unknown", "unknown")),
+    ("CT(Computed Tomography)_val.json", ("CT", "unknown")),
+    ("Lesion Grading_validation.json", ("unknown", "lesion grading")),
 ])
 def test_domain_from_file_name(name, expected):
     assert domain_of(name) == expected
@@ -91,6 +93,10 @@ def test_domain_from_file_name(name, expected):
 def test_split_from_file_name():
     assert split_of("X-Ray_test.json") == "test" and split_of("unknown_train.json") == "train"
     assert split_of("X-Ray.json") is None
+    # a validation file is held out with the test files, never trained on
+    assert split_of("CT(Computed Tomography)_val.json") == "test"
+    assert split_of("Lesion Grading_Validation.json") == "test" and split_of("US-val.json") == "test"
+    assert split_of("Microscopy Images_training.json") is None  # only the exact suffixes count
     with pytest.raises(UserError, match="--modality or --question-type"):
         domain_of("PET_test.json")
 
@@ -178,3 +184,12 @@ def test_cli_medr1_splits(tmp_path):
     assert load_prepared(out, "test")[1].image_path == "gone.png"
     with pytest.raises(UserError, match="--image-root"):
         prepare_medr1_splits([str(tr)], str(out))
+
+
+def test_a_val_file_is_held_out_with_the_test_files(tmp_path):
+    _png(tmp_path / "img" / "ok.png")
+    tr = _write(tmp_path, "US_train.json", [_item("ok.png")])
+    va = _write(tmp_path, "US_val.json", [_item("ok.png"), _item("ok.png")])
+    m = prepare_medr1_splits([str(tr), str(va)], str(tmp_path / "out"), str(tmp_path / "img"))
+    assert m["splits"]["train"]["total"] == 1 and m["splits"]["test"]["total"] == 2
+    assert {r.modality for r in load_prepared(tmp_path / "out", "test")} == {"ultrasound"}

@@ -158,3 +158,23 @@ def test_canonical_option_order_gives_each_class_one_letter():
             assert b.options == classes, "every class of the category, never an extra distractor"
             truth = a.options[LETTERS.index(a.answer)]
             assert b.answer == LETTERS[classes.index(truth)]
+
+
+def test_each_use_of_the_seed_depends_on_it():
+    # The builder draws twice from its seed: the images/questions of a cell, and which of a cell's
+    # images go to test. Each must move with the seed on its own (whole-file inequality would pass
+    # with one of them fixed).
+    def cells(seed):
+        return {(m, q): build_cell(m, q, 6, seed, 56) for m in ("CT", "fundus photography")
+                for q in ("disease diagnosis", "lesion grading")}
+
+    a, b = cells(0), cells(1)
+    assert all([r.image for r in a[k]] != [r.image for r in b[k]] for k in a)
+
+    def test_ids(seed):
+        return {r.id for r in build_synthetic(seed=seed, per_cell=6, image_size=56, test_fraction=0.5)["test"]}
+
+    ids = [test_ids(s) for s in range(3)]
+    assert ids[0] != ids[1] and ids[1] != ids[2]
+    assert all(len(x) == 3 * len(MODALITIES) * len(QUESTION_TYPES) for x in ids)
+

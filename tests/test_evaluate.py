@@ -131,3 +131,16 @@ def test_evaluate_cli_writes_outputs(rollout_worker, tiny_model_dir, prepared_di
     assert "accuracy" in printed and "overall" in printed
     if doc["overall"]["correct"] < doc["n"]:
         assert "worst examples" in printed and "reasoning:" in printed
+
+
+def test_reissues_go_to_actors_that_have_not_failed():
+    # Two deaths in one evaluation (chaos run 6): the second actor's prompts must not go back to the
+    # first while Ray is still restarting it, where they fail at once and use up every re-issue.
+    from pipelines.evaluation.evaluate import _reissue_target
+
+    workers, down = ["w0", "w1", "w2"], set()  # never called on this path: only their places count
+    assert _reissue_target(workers, 0, None, down) == 1
+    assert _reissue_target(workers, 1, None, down) == 2
+    assert down == {0, 1}
+    down2 = set()
+    assert _reissue_target(workers, 2, None, down2) == 0  # wraps around to the next live one

@@ -56,14 +56,18 @@ def test_advantages_group_size_two_and_eps():
 
 
 def test_dead_groups_are_exactly_zero():
-    # 0.1 is not exactly representable; the mean could round, the advantage must not.
-    r = torch.tensor([0.1, 0.1, 0.1, 0.7, 0.7, 0.7, 0.3, 0.6, 0.3], dtype=torch.float32)
+    # 0.1 is not exactly representable: in float32 the mean of seven 0.1s is not 0.1 (checked below, so
+    # the rounding this guards against really happens); the advantage must still be exactly 0.
+    G = 7
+    dead = torch.full((G,), 0.1, dtype=torch.float32)
+    assert (dead - dead.mean() != 0).all()
+    r = torch.cat([dead, torch.full((G,), 0.7), torch.tensor([0.3, 0.6, 0.3, 0.3, 0.6, 0.3, 0.3])])
     for scale in ("group", "batch", "none"):
-        adv, stats = compute_advantages(r, 3, scale)
-        assert (adv[:6] == 0).all()
-        assert (adv[6:] != 0).all()
+        adv, stats = compute_advantages(r, G, scale)
+        assert (adv[:2 * G] == 0).all()
+        assert (adv[2 * G:] != 0).all()
         assert math.isclose(stats["dead_group_fraction"], 2 / 3, rel_tol=1e-6)
-    assert dead_group_mask(r, 3).tolist() == [True, True, False]
+    assert dead_group_mask(r, G).tolist() == [True, True, False]
 
 
 def test_advantages_single_sample_groups_and_int_rewards():
@@ -214,6 +218,8 @@ def test_clip_high_positive_advantage():
     assert m["clip_fraction"] == 0.25 and m["clip_fraction_high"] == 0.25 and m["clip_fraction_low"] == 0.0
     assert math.isclose(m["ratio_max"], 1.5, rel_tol=1e-6)
     assert math.isclose(m["ratio_mean"], sum(RATIOS) / 4, rel_tol=1e-6)
+    # |log r| per token, averaged: the sampler-vs-learner gap when nothing has been updated yet
+    assert math.isclose(m["logprob_gap"], sum(abs(math.log(r)) for r in RATIOS) / 4, rel_tol=1e-6)
 
 
 def test_clip_low_negative_advantage():

@@ -131,3 +131,23 @@ def test_step_equals_across_layouts_and_packing(model_dir, dist_env):  # noqa: F
         for a, b in zip(g_k, g_ref):
             torch.testing.assert_close(a / scale, b / scale, atol=1e-4, rtol=0, msg=k)
     assert any(not torch.equal(weights(learners["shared"])[n], w0[n]) for n in w0), "the step changed the weights"
+
+
+@pytest.mark.parametrize("loss_agg", ["seq_mean_token_mean", "seq_sum_norm"])
+def test_micro_batch_weights_follow_the_configured_aggregation(model_dir, dist_env, loss_agg):  # noqa: F811
+    """A mini-batch cut into micro-batches of 3 and run as one micro-batch of 6 gives the optimizer the
+    same gradients, for the per-sequence aggregations too: each micro-batch's loss is weighted by its
+    share of the mini-batch's sequences (not its tokens, which only token_mean uses)."""
+    base = dict(lr=1e-5, mini_batches=2, beta=0.0, loss_agg=loss_agg)
+    cut, whole = make_learner(model_dir, micro_batch_size=3, **base), make_learner(model_dir, micro_batch_size=6, **base)
+    samples = groups(cut.processor, sizes=(3, 3, 4, 2))  # completions of unequal length
+    assert [len(c) for m in cut._minis(samples) for c in m] == [3, 3, 3, 3]
+    assert [len(c) for m in whole._minis(samples) for c in m] == [6, 6]
+    grads = {k: _capture_grads(ln) for k, ln in (("cut", cut), ("whole", whole))}
+    cut.train_step(samples)
+    whole.train_step(samples)
+    g_cut = [g for step in grads["cut"] for g in step]
+    g_whole = [g for step in grads["whole"] for g in step]
+    scale = max(float(g.abs().max()) for g in g_whole)
+    for a, b in zip(g_cut, g_whole, strict=True):
+        torch.testing.assert_close(a / scale, b / scale, atol=1e-4, rtol=0)

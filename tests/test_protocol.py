@@ -15,10 +15,21 @@ from pipelines.protocol import matrix as M
 from pipelines.protocol import run as P
 
 
-def _fake_eval_factory(calls: list, dim: str, domains: list[str], per_domain: int = 10):
-    """eval_fn writing real trace rows: a row trained on X answers X's test prompts better."""
+def write_eval(out: Path, rows: list[dict]) -> dict:
+    """What a real evaluation leaves in ``out``: the trace store of its rows and eval.json."""
     from pipelines.evaluation.accuracy import summarize
     from pipelines.traces import TraceWriter
+
+    tw = TraceWriter(out / "traces", kind="eval")
+    tw.add(rows)
+    tw.close()
+    m = summarize(rows, [], 1.0)
+    (out / "eval.json").write_text(json.dumps(m))
+    return m
+
+
+def _fake_eval_factory(calls: list, dim: str, domains: list[str], per_domain: int = 10):
+    """eval_fn writing real trace rows: a row trained on X answers X's test prompts better."""
 
     def fake_eval(model, cfg_dict, out: Path, row: str, workers, max_samples):
         calls.append(row)
@@ -31,12 +42,7 @@ def _fake_eval_factory(calls: list, dim: str, domains: list[str], per_domain: in
                              "question_type": d if dim == "question_type" else "disease diagnosis",
                              "source": "fake", "correct": i < k, "predicted": "A" if i < k else "",
                              "format_ok": True, "completion": "<think></think> <answer>A</answer>"})
-        tw = TraceWriter(out / "traces", kind="eval")
-        tw.add(rows)
-        tw.close()
-        m = summarize(rows, [], 1.0)
-        (out / "eval.json").write_text(json.dumps(m))
-        return m
+        return write_eval(out, rows)
 
     return fake_eval
 
@@ -172,7 +178,7 @@ def test_empty_matrix_still_writes_a_report(tmp_path):
 
 @pytest.mark.slow
 def test_reduced_protocol_end_to_end(ray_session, tiny_model_dir, tmp_path):
-    """One real GRPO step on CT and one on MRI (each with its own format warm-start), then
+    """One real GRPO step on CT and one on MRI (from one shared format warm-start), then
     the base and the trained models evaluated on every test modality; the report's numbers
     equal the traces'."""
     from pipelines.config import load_config
@@ -186,8 +192,9 @@ def test_reduced_protocol_end_to_end(ray_session, tiny_model_dir, tmp_path):
     m = P.run_protocol(cfg, "cross-modality", protocol_dir=proto, domains=["CT", "MRI"], steps=1, max_parallel=1,
                        eval_workers=1, eval_max_samples=16)
     assert m["rows"] == ["base", "CT", "MRI"], "a cell failed: see the log"
-    for row in ("CT", "MRI"):
-        assert (M.cell_path(proto, row) / "warmstart" / "hf" / "config.json").is_file(), row
+    # one warm-start, shared by every row (the base row evaluates it)
+    assert (tmp_path / "warm" / "hf" / "config.json").is_file()
+    assert json.loads((M.cell_path(proto, "base") / "cell.json").read_text())["model"] == str(tmp_path / "warm" / "hf")
     assert len(m["cols"]) == 8 and sum(m["n"]["CT"].values()) == 16
     assert (M.cell_path(proto, "CT") / "checkpoints" / "final" / "hf" / "config.json").is_file()
     cell = json.loads((M.cell_path(proto, "CT") / "cell.json").read_text())
@@ -199,14 +206,16 @@ def test_reduced_protocol_end_to_end(ray_session, tiny_model_dir, tmp_path):
         assert (proto / name).is_file(), name
 
 
-def test_each_cell_gets_its_own_warmstart(tmp_path):
+def test_cell_config_starts_from_the_shared_start_and_keeps_the_other_filter(tmp_path):
     from pipelines.config import load_config, to_dict
 
-    base = to_dict(load_config("smoke", ["sft.warmstart_dir=outputs/smoke/warm"]))
+    base = to_dict(load_config("smoke", ["sft.warmstart_dir=outputs/smoke/warm",
+                                         "data.question_types=[modality recognition]"]))
     a = P.cell_config(base, "cross-modality", "CT", tmp_path / "runs" / "ct", steps=1)
-    b = P.cell_config(base, "cross-modality", "MRI", tmp_path / "runs" / "mri", steps=1)
-    assert a["sft"]["warmstart_dir"] == str(tmp_path / "runs" / "ct" / "warmstart")
-    assert b["sft"]["warmstart_dir"] != a["sft"]["warmstart_dir"]
-    assert a["data"]["modalities"] == ["CT"] and base["sft"]["warmstart_dir"] == "outputs/smoke/warm"
-    off = to_dict(load_config("smoke", ["sft.warmstart_dir="]))
-    assert P.cell_config(off, "cross-modality", "CT", tmp_path, steps=1)["sft"]["warmstart_dir"] == ""
+    # the driver already warm-started model.path once for all rows: no second warm-start per cell
+    assert a["sft"]["warmstart_dir"] == "" and base["sft"]["warmstart_dir"] == "outputs/smoke/warm"
+    assert a["data"]["modalities"] == ["CT"] and a["data"]["question_types"] == ["modality recognition"]
+    assert a["trainer"]["output_dir"] == str(tmp_path / "runs" / "ct") and a["trainer"]["total_steps"] == 1
+    t = P.cell_config(base, "cross-task", "lesion grading", tmp_path, steps=None)
+    assert t["data"]["question_types"] == ["lesion grading"] and t["data"]["modalities"] == []
+    assert t["trainer"]["total_steps"] == base["trainer"]["total_steps"]

@@ -92,12 +92,30 @@ def test_all_rewards_total_binary_deterministic(pairs):
         assert fn(list(completions), list(answers)) == first
 
 
+no_answer_tag = tagged_text.filter(lambda t: "<answer>" not in t)
+same_line_pad = st.lists(st.sampled_from([" ", "\t", "\u00a0", "\u2003"]), max_size=3).map("".join)
+
+
 @FAST
-@given(any_text, letters)
-def test_tolerant_accepts_whatever_strict_accepts_inside_tags(s, answer):
-    # If the paper gives credit via a tag match, the tolerant reward does too.
-    if REF_ANSWER.search(s) and paper_accuracy(s, answer) == 1.0 and len(answer.strip()) == 1:
-        assert get_reward("accuracy")([s], [answer]) == [1.0]
+@given(no_answer_tag, same_line_pad, st.sampled_from("ABCD"), same_line_pad, no_answer_tag, st.booleans())
+def test_tolerant_accepts_whatever_strict_accepts_inside_tags(before, pad1, letter, pad2, after, tagged_gt):
+    # Built so that the paper gives credit through its tag match (asserted, not assumed); the tolerant
+    # reward must then give it too.
+    s = f"{before}<answer>{pad1}{letter}{pad2}</answer>{after}"
+    answer = f"<answer> {letter} </answer>" if tagged_gt else letter
+    assert REF_ANSWER.search(s) and paper_accuracy(s, answer) == 1.0
+    assert get_reward("accuracy")([s], [answer]) == [1.0]
+    assert get_reward("accuracy_strict")([s], [answer]) == [1.0]
+
+
+def test_tolerant_reads_the_first_answer_block_even_across_lines():
+    # Where the two differ, on purpose: the paper's regex cannot cross a newline, so it skips a first
+    # multi-line block and credits a later one; the tolerant reward reads the first block (listing
+    # several answers must not pay), which here is empty.
+    s = "<answer>\n</answer><answer>B</answer>"
+    assert paper_accuracy(s, "B") == 1.0 and get_reward("accuracy_strict")([s], ["B"]) == [1.0]
+    assert get_reward("accuracy")([s], ["B"]) == [0.0]
+    assert get_reward("accuracy")(["<answer>\nB\n</answer>"], ["B"]) == [1.0]
 
 
 @FAST

@@ -90,14 +90,16 @@ def test_push_makes_vllm_match_learner(tiny_model_dir, engine, ray_session, lora
         for _ in range(3):
             metrics = group.train_step(samples, 4)
             assert np.isfinite(metrics["loss"])
-        sync = make_weight_sync(backend, verify="every")  # the per-tensor check as well as the greedy one
+        sync = make_weight_sync(backend, verify="every")  # the per-tensor and kernel checks too
         for v in (version0 + 1, version0 + 2):  # the second push reuses the group (and, for shm, the segment)
             stats = sync.push(group, [rollout_worker], v)
             assert stats["push_bytes"] > 1_000_000 and stats["weight_version"] == v
             assert stats["weight_verified"] == 1.0
             assert ray.get(rollout_worker.get_weight_version.remote()) == v
             if v == version0 + 1:
-                group.train_step(samples, 4)  # the second push carries weights the engine has not seen
+                # The second push carries weights the engine has not seen: with a tied LM head, a stale packed
+                # copy of the first weights went unnoticed by a single push and its greedy check.
+                group.train_step(samples, 4)
         after = vllm_greedy()
         learner = group.greedy_generate(prompt, probe["image"], 8)
     finally:

@@ -142,3 +142,25 @@ def test_weight_sync_factory():
 def test_tensor_spec_bytes():
     assert TensorSpec("x", "bfloat16", (3, 5)).nbytes == 30
     assert spec_of("y", torch.zeros(2, 2, dtype=torch.float64)).nbytes == 32
+
+
+def test_kernel_check_finds_a_packed_copy_the_push_left_behind():
+    """The stale tied LM head of vLLM's CPU path, in small: the layer multiplies through a copy taken
+    when it was set up, and the parameter is later updated in place (as a push does)."""
+    from actors.weight_verify import stale_cpu_kernels
+
+    def packed(layer: torch.nn.Module) -> None:
+        copy = layer.weight.detach().clone()
+        layer.cpu_linear = lambda x, weight, bias: torch.nn.functional.linear(x, copy, bias)
+
+    model = torch.nn.Module()
+    model.head, model.plain = torch.nn.Linear(8, 16, bias=False), torch.nn.Linear(8, 4, bias=False)
+    packed(model.head)
+    model.plain.cpu_linear = lambda x, weight, bias: torch.nn.functional.linear(x, weight, bias)
+    assert stale_cpu_kernels(model) == []
+    with torch.no_grad():
+        model.head.weight.add_(0.01 * torch.randn_like(model.head.weight))
+        model.plain.weight.mul_(3.0)
+    assert stale_cpu_kernels(model) == ["head"]
+    packed(model.head)  # what refresh_tied_heads does: repack from the parameter
+    assert stale_cpu_kernels(model) == []

@@ -40,6 +40,7 @@ class Captioned:
     modality: str
     question_type: str  # which benchmark category the scene was drawn for
     label: str  # the class drawn for that category (e.g. "Grade 2"), always named in the caption
+    facts: tuple[tuple[str, str], ...] = ()  # (question type, label) of every fact the caption names
 
 
 def _finding_label(spec, finding: str) -> str:
@@ -71,24 +72,44 @@ def _attribute(spec, scene) -> str | None:
     return None
 
 
+def caption_facts(spec, scene) -> dict[str, str]:
+    """Every fact a caption of ``scene`` names, by the question type it would answer: its label."""
+    anat = next((a for a in spec.anatomy if _key(a) == scene.anatomy), scene.anatomy.capitalize())
+    facts = {"modality recognition": spec.label, "anatomy identification": anat}
+    # A graded finding at grade 0 (size or count 0) is not drawn at all.
+    drawn = scene.finding != spec.grade_finding or (scene.count if spec.grade_by == "count" else scene.size) > 0
+    if spec.code == "derm":  # every dermoscopy image shows a lesion; "normal" is not one of its classes
+        if scene.finding != "colored":
+            facts["disease diagnosis"] = _finding_label(spec, scene.finding)
+    elif scene.finding not in ("normal", "colored") and drawn:
+        facts["disease diagnosis"] = _finding_label(spec, scene.finding)
+    else:
+        facts["disease diagnosis"] = "No abnormality"
+    if (grade := _grade(spec, scene)) is not None:
+        facts["lesion grading"] = grade
+    if (attr := _attribute(spec, scene)) is not None:
+        facts["other biological attributes"] = attr
+    return facts
+
+
 def caption_for(spec, qtype: str, label: str, scene, rng) -> str:
     """One free-text caption of a drawn ``scene``: every fact the drawing shows, whichever question
     type it was drawn for (so what a caption says depends on the image alone), in varied words."""
-    anat = next((a for a in spec.anatomy if _key(a) == scene.anatomy), scene.anatomy.capitalize())
+    f = caption_facts(spec, scene)
     pick = lambda options: options[int(rng.integers(len(options)))]  # noqa: E731
-    # A graded finding at grade 0 (size or count 0) is not drawn at all.
-    drawn = scene.finding != spec.grade_finding or (scene.count if spec.grade_by == "count" else scene.size) > 0
-    lesion = scene.finding not in ("normal", "colored") and drawn
     facts = []
-    if (grade := _grade(spec, scene)) is not None:
-        facts.append(pick(_GRADE).format(g=grade))
-    if (attr := _attribute(spec, scene)) is not None:
-        facts.append(pick({"color": _COLOR, "count": _COUNT}.get(spec.attr, _PLACE)).format(a=attr))
+    if "lesion grading" in f:
+        facts.append(pick(_GRADE).format(g=f["lesion grading"]))
+    if "other biological attributes" in f:
+        facts.append(pick({"color": _COLOR, "count": _COUNT}.get(spec.attr, _PLACE))
+                     .format(a=f["other biological attributes"]))
     if len(facts) > 1 and rng.uniform() < 0.3:  # free order
         facts.reverse()
-    finding = pick(_FINDING).format(f=_finding_label(spec, scene.finding)) if lesion else pick(_NORMAL)
-    if spec.code == "derm":  # every dermoscopy image shows a lesion; "normal" is not one of its classes
-        finding = pick(_FINDING).format(f=_finding_label(spec, scene.finding)) if scene.finding != "colored" else ""
+    finding = f.get("disease diagnosis", "")
+    if spec.code == "derm":
+        pick(_NORMAL if finding == "" else _FINDING)  # a draw the pool has always made here: same captions by seed
+    finding = pick(_NORMAL) if finding == "No abnormality" else pick(_FINDING).format(f=finding) if finding else ""
+    anat = f["anatomy identification"]
     return " ".join(x for x in [pick(_MODALITY).format(mod=spec.label, anat=anat, Anat=anat), finding, *facts] if x)
 
 
@@ -109,5 +130,6 @@ def build_caption_pool(seed: int = 1000, per_cell: int = 40, image_size: int = 1
                 img = spec.draw(rng, image_size, scene)
                 out.append(Captioned(id=f"cap-{spec.code}-{qi}-{i:04d}", image=encode_png(img),
                                      caption=caption_for(spec, qtype, label, scene, rng), modality=modality,
-                                     question_type=qtype, label=label))
+                                     question_type=qtype, label=label,
+                                     facts=tuple(caption_facts(spec, scene).items())))
     return out

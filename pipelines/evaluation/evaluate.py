@@ -9,6 +9,7 @@ OUT replaces them), ``OUT/accuracy_by_modality.png`` and
 """
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import logging
@@ -24,6 +25,7 @@ from rich.markup import escape
 from tqdm import tqdm
 from transformers import AutoTokenizer
 
+from actors.rollout import wait_restarted
 from actors.sharding import contiguous_shards
 from cluster.ray_utils import describe_failure, kill_quietly
 from learner.image_codec import read_image_bytes
@@ -226,6 +228,7 @@ def generate_eval_rows(workers: list, records: list, *, tokenizer, max_new_token
             send = [{"id": p["id"], "prompt": p["prompt"], "image": p["image"]} for p in chunk]
             pending[workers[wi].generate.remote(send, sampling)] = (wi, chunk, 0)
     rows_by_index: dict[int, dict] = {}
+    down: set[int] = set()  # actors that failed a call in this evaluation
     bar = tqdm(total=len(payloads), desc="eval", unit="prompt", disable=not progress, leave=False)
     try:
         waiting = list(pending)
@@ -239,7 +242,7 @@ def generate_eval_rows(workers: list, records: list, *, tokenizer, max_new_token
                     if attempt >= MAX_EVAL_REISSUES:
                         raise RuntimeError(f"evaluation prompts {chunk[0]['id']}.. failed {attempt + 1} times; "
                                            f"last: {describe_failure(e)}") from e
-                    target = _reissue_target(workers, wi, pool)
+                    target = _reissue_target(workers, wi, pool, down)
                     log.warning("eval-rollout-%d died (%s); re-issuing %d prompts to rollout-%d", wi,
                                 type(e).__name__, len(chunk), target)
                     new = workers[target].generate.remote(
@@ -270,16 +273,23 @@ def generate_eval_rows(workers: list, records: list, *, tokenizer, max_new_token
     return rows, skipped, time.perf_counter() - t0
 
 
-def _reissue_target(workers: list, dead: int, pool) -> int:
-    """Where a dead actor's evaluation prompts go: the next actor (it holds the same weights), or with
-    a single actor the same one, once Ray has restarted it (and, in training, the pool has caught it up)."""
+def _reissue_target(workers: list, dead: int, pool, down: set[int]) -> int:
+    """Where a dead actor's evaluation prompts go: an actor that has not failed in this evaluation (it
+    holds the same weights), else, once Ray has restarted it, the next one (in training the pool also
+    brings it to the current weights). Sending to an actor that is still restarting fails at once, so
+    two deaths in one evaluation used to spend every re-issue in a second."""
+    down.add(dead)
     if pool is not None:
-        pool.mark_dead(dead)  # healed (restarted, current weights) here or before the next rollout
-    if len(workers) > 1:
-        return (dead + 1) % len(workers)
-    if pool is not None:
-        pool.heal()
-    return dead
+        target = pool.recover(dead)  # a live actor, else the dead one healed (restarted, current weights)
+        down.discard(target)
+        return target
+    live = [i for i in range(len(workers)) if i not in down]
+    if live:
+        return live[(bisect.bisect(live, dead)) % len(live)]
+    target = (dead + 1) % len(workers)
+    wait_restarted(workers[target], f"rollout-{target}")
+    down.discard(target)
+    return target
 
 
 def evaluate_records(workers: list, records: list, *, tokenizer, max_new_tokens: int = 256,

@@ -17,7 +17,7 @@ from pipelines.models.pretrain import pretrain_captioning, pretrained_settings
 from pipelines.models.tiny import build_tiny_model
 
 log = logging.getLogger(__name__)
-PRETRAIN_KEYS = ("seed", "per_cell", "steps", "batch_size", "lr")
+PRETRAIN_KEYS = ("seed", "per_cell", "steps", "batch_size", "lr", "reading")
 
 
 def wanted_pretrain(pre) -> dict | None:
@@ -29,7 +29,8 @@ def check_cached_base(path: Path, pre) -> None:
     wanted, built = wanted_pretrain(pre), pretrained_settings(path)
     if wanted is None:
         return  # no pretraining asked for: any model the user points at is theirs
-    got = {k: built.get(k) for k in PRETRAIN_KEYS} if built else None
+    # A base built before ``reading`` existed had none.
+    got = {k: built.get(k, 0.0 if k == "reading" else None) for k in PRETRAIN_KEYS} if built else None
     if got != wanted:
         what = "without caption pretraining" if built is None else f"with pretraining {got}"
         raise UserError(f"the model in {path} was built {what}; model.pretrain asks for {wanted}. "
@@ -48,7 +49,8 @@ def build_base(path: str | Path, tiny, pre, *, min_pixels: int, max_pixels: int,
         log.info("caption pretraining of the tiny base: %d steps of %d (pool: %d images per cell)",
                  pre.steps, pre.batch_size, pre.per_cell)
         pretrain_captioning(staging, seed=pre.seed, per_cell=pre.per_cell, steps=pre.steps,
-                            batch_size=pre.batch_size, lr=pre.lr, progress=progress, check_per_cell=check_per_cell)
+                            batch_size=pre.batch_size, lr=pre.lr, progress=progress, check_per_cell=check_per_cell,
+                            reading=pre.reading)
     if path.exists():
         shutil.rmtree(path)
     staging.rename(path)

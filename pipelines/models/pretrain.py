@@ -23,6 +23,7 @@ from tqdm import tqdm
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from learner.image_codec import decode_image
+from pipelines.data.caption_reading import phrase_pool, reading_item
 from pipelines.data.captions import DESCRIBE_PROMPT, build_caption_pool
 from rewards.faithfulness import names_option
 
@@ -30,8 +31,8 @@ log = logging.getLogger(__name__)
 MARKER = "medr1_pretrain.json"
 
 
-def describe_prompt(processor) -> str:
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": DESCRIBE_PROMPT}]}]
+def describe_prompt(processor, text: str = DESCRIBE_PROMPT) -> str:
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
     return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
@@ -42,24 +43,38 @@ def _load(model_dir: str | Path):
     return proc, model
 
 
-def caption_loss(model, proc, items, eos: str = "<|im_end|>"):
-    """Mean cross-entropy over the caption tokens (and the closing eos) of ``items``."""
-    prompt = describe_prompt(proc)
-    texts = [prompt + it.caption + eos for it in items]
+def caption_loss(model, proc, items, eos: str = "<|im_end|>", letter_weight: float = 1.0):
+    """Mean cross-entropy over the target tokens (and the closing eos) of ``items``: a caption pool
+    item (describe -> caption) or a reading item (list + instruction -> caption, letter). A reading
+    item's letter gets ``letter_weight`` more: one token among ~30, it is the skill being taught."""
+    turns = [(getattr(it, "instruction", DESCRIBE_PROMPT), getattr(it, "target", None) or it.caption) for it in items]
+    texts = [describe_prompt(proc, text) + target + eos for text, target in turns]
     enc = proc(text=texts, images=[decode_image(it.image) for it in items], return_tensors="pt", padding=True)
     labels = torch.full_like(enc["input_ids"], -100)
-    for row, it in enumerate(items):
-        n = len(proc.tokenizer(it.caption + eos, add_special_tokens=False)["input_ids"])
+    letter_rows = []
+    for row, (_, target) in enumerate(turns):
+        n = len(proc.tokenizer(target + eos, add_special_tokens=False)["input_ids"])
         labels[row, -n:] = enc["input_ids"][row, -n:]
-    return model(**enc, labels=labels).loss
+        if getattr(items[row], "letter", None):
+            letter_rows.append(row)  # the letter is the token before the closing eos
+    logits = model(**enc).logits[:, :-1].float()
+    shifted = labels[:, 1:]
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), shifted.reshape(-1),
+                                           ignore_index=-100, reduction="none").view(shifted.shape)
+    loss = ce.sum() / (shifted != -100).sum()
+    if letter_rows and letter_weight:
+        loss = loss + letter_weight * ce[letter_rows, -2].mean()
+    return loss
 
 
 def pretrain_captioning(model_dir: str | Path, *, seed: int = 1000, per_cell: int = 40, steps: int = 600,
                         batch_size: int = 16, lr: float = 1e-3, image_size: int = 112,
-                        progress: bool = True, max_seconds: float = 0.0, check_per_cell: int = 2) -> dict:
+                        progress: bool = True, max_seconds: float = 0.0, check_per_cell: int = 2,
+                        reading: float = 0.0) -> dict:
     """Train ``model_dir``'s weights in place on captions; writes ``medr1_pretrain.json``; returns it.
 
-    ``max_seconds`` > 0 stops early (for exploring; the build itself uses a fixed step count, so a
+    ``reading``: the share of each batch that is a reading item (``pipelines/data/caption_reading.py``) on
+    the same pool images; the rest is plain captioning. ``max_seconds`` > 0 stops early (for exploring; the build itself uses a fixed step count, so a
     seed gives the same weights on any machine)."""
     t0 = time.perf_counter()
     torch.manual_seed(seed)
@@ -70,6 +85,8 @@ def pretrain_captioning(model_dir: str | Path, *, seed: int = 1000, per_cell: in
     sched = torch.optim.lr_scheduler.LambdaLR(  # short warm-up, then cosine to 10%
         opt, lambda s: min(1.0, (s + 1) / 30) * (0.55 + 0.45 * torch.cos(torch.tensor(s / steps * 3.14159)).item()))
     rng = random.Random(seed)
+    read_rng, phrases = random.Random(seed + 1), phrase_pool()
+    n_read = round(batch_size * reading)
     order: list[int] = []
     losses = []
     bar = tqdm(range(steps), desc="caption pretraining", unit="step", disable=not progress)
@@ -79,6 +96,8 @@ def pretrain_captioning(model_dir: str | Path, *, seed: int = 1000, per_cell: in
             rng.shuffle(perm)
             order.extend(perm)
         batch, order = [pool[i] for i in order[:batch_size]], order[batch_size:]
+        # A fresh list for each reading item, so no list is learned by heart.
+        batch = [reading_item(it, read_rng, phrases) for it in batch[:n_read]] + batch[n_read:]
         loss = caption_loss(model, proc, batch)
         opt.zero_grad()
         loss.backward()
@@ -96,6 +115,7 @@ def pretrain_captioning(model_dir: str | Path, *, seed: int = 1000, per_cell: in
     perception = perception_by_type(describe(model_dir, [h.image for h in held], progress=False, model=model,
                                              proc=proc), held) if held else {}
     record = {"seed": seed, "per_cell": per_cell, "steps": len(losses), "batch_size": batch_size, "lr": lr,
+              "reading": reading,
               "image_size": image_size, "pool_images": len(pool),
               "final_loss": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 4),
               "seconds": round(time.perf_counter() - t0, 1),

@@ -13,7 +13,8 @@ from typing import Any, Optional
 from pipelines.data.schema import MODALITIES, QUESTION_TYPES
 from pipelines.evaluation.accuracy import group_accuracy
 from pipelines.evaluation.report import markdown_table, plot_grouped_bars, plot_heatmap
-from pipelines.protocol import BASE, KINDS, SFT
+from pipelines.protocol import KINDS, SFT
+from pipelines.protocol.arms import base_row, parse_row
 from pipelines.traces import read_traces
 
 
@@ -47,20 +48,22 @@ def build_matrix(kind: str, rows: list[str], cols: list[str], cells: dict[str, d
     correct = {r: {c: cells[r][c]["correct"] for c in cols if c in cells.get(r, {})} for r in rows}
     ci = {r: {c: cells[r][c]["ci95"] for c in cols if c in cells.get(r, {})} for r in rows}
     improvement = {}
-    if BASE in acc:
-        improvement = {r: {c: acc[r][c] - acc[BASE][c] for c in cols if c in acc[r] and c in acc[BASE]}
-                       for r in rows if r != BASE}
+    for r in rows:  # each row against the base it started from (a prompt style's own base)
+        b = base_row(parse_row(r).style)
+        if r != b and b in acc:
+            improvement[r] = {c: acc[r][c] - acc[b][c] for c in cols if c in acc[r] and c in acc[b]}
     overall = {}
     for r in rows:
         k, m = sum(correct[r].values()), sum(n[r].values())
         overall[r] = k / m if m else None
     summary = {}
     for r in rows:
+        dom = parse_row(r).domain  # "sft:CT [think]" trained on CT
         vals = [v for c, v in acc[r].items()]
-        ind = [v for c, v in acc[r].items() if c == r]
-        ood = [v for c, v in acc[r].items() if c != r]
-        summary[r] = {"mean": _mean(vals), "in_domain": _mean(ind) if r in cols else None,
-                      "out_of_domain_mean": _mean(ood) if r in cols else None, "overall": overall[r]}
+        ind = [v for c, v in acc[r].items() if c == dom]
+        ood = [v for c, v in acc[r].items() if c != dom]
+        summary[r] = {"mean": _mean(vals), "in_domain": _mean(ind) if dom in cols else None,
+                      "out_of_domain_mean": _mean(ood) if dom in cols else None, "overall": overall[r]}
     return {"kind": kind, "dimension": KINDS[kind], "rows": rows, "cols": cols, "accuracy": acc, "n": n,
             "correct": correct, "ci95": ci, "improvement": improvement, "summary": summary}
 
@@ -91,7 +94,7 @@ def write_outputs(protocol_dir: Path, matrix: dict, meta: Optional[dict] = None)
     paths["heatmap_accuracy.png"] = plot_heatmap(rows, cols, matrix["accuracy"], d / "heatmap_accuracy.png",
                                                  f"{matrix['kind']}: accuracy (%)",
                                                  xlabel=f"test {label}", ylabel=f"train {label}")
-    imp_rows = [r for r in rows if r != BASE]
+    imp_rows = [r for r in rows if r in matrix["improvement"]]
     if matrix["improvement"] and imp_rows:
         paths["heatmap_improvement.png"] = plot_heatmap(
             imp_rows, cols, matrix["improvement"], d / "heatmap_improvement.png",
@@ -104,8 +107,12 @@ def write_outputs(protocol_dir: Path, matrix: dict, meta: Optional[dict] = None)
     lines = [f"# Med-R1 generalization protocol: {matrix['kind']}", ""]
     if meta:
         lines += [f"- {k}: `{v}`" for k, v in meta.items()] + [""]
-    lines += [f"Rows: training {label} (`base` = the model before GRPO"
-              + (", `sft` = the SFT baseline" if SFT in rows else "") + f"); columns: test {label}. "
+    lines += [f"Rows: training {label} (`base` = the model every row starts from"
+              + (", `sft` = the SFT baseline" if SFT in rows else "")
+              + (", `sft:X` = SFT on X's ground-truth letters" if any(r.startswith("sft:") for r in rows) else "")
+              + (", `X [style]` = GRPO on X with that prompt style, against `base [style]`"
+                 if any(parse_row(r).style for r in rows) else "")
+              + f"); columns: test {label}. "
               "Greedy decoding, paper answer parsing (`<answer>\\s*(\\w+)\\s*</answer>`, no match is wrong). "
               "Accuracies in %; n = test prompts per column.", "",
               "## Accuracy (%)", "", markdown_table(rows, cols, matrix["accuracy"], n=n_col), ""]
@@ -114,16 +121,36 @@ def write_outputs(protocol_dir: Path, matrix: dict, meta: Optional[dict] = None)
                   markdown_table(imp_rows, cols, matrix["improvement"], signed=True), ""]
     lines += ["## Summary per row", "", "| train | overall (%) | mean over test domains | in-domain | "
               "out-of-domain mean | vs base (overall, points) |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    base_overall = matrix["summary"].get(BASE, {}).get("overall")
     for r in rows:
         s = matrix["summary"][r]
+        b = base_row(parse_row(r).style)
+        base_overall = matrix["summary"].get(b, {}).get("overall")
         delta = (s["overall"] - base_overall) if (s["overall"] is not None and base_overall is not None
-                                                   and r != BASE) else None
+                                                   and r != b) else None
         lines.append(f"| {r} | {_pct(s['overall'])} | {_pct(s['mean'])} | {_pct(s['in_domain'])} | "
                      f"{_pct(s['out_of_domain_mean'])} | {_pct(delta, signed=True)} |")
+    trained = [r for r in rows if matrix["summary"][r]["in_domain"] is not None]
+    if trained:
+        io = {r: {"in-domain": matrix["summary"][r]["in_domain"],
+                  "out-of-domain mean": matrix["summary"][r]["out_of_domain_mean"]} for r in trained}
+        for r in trained:  # the same row's base on the same columns: what training changed, in and out
+            b = base_row(parse_row(r).style)
+            dom = parse_row(r).domain
+            if b in matrix["accuracy"]:
+                ood = [matrix["accuracy"][b][c] for c in matrix["accuracy"][r] if c != dom and c in matrix["accuracy"][b]]
+                io[r]["base, same in-domain"] = matrix["accuracy"][b].get(dom)
+                io[r]["base, same out-of-domain"] = _mean(ood)
+        keys = ["in-domain", "out-of-domain mean", "base, same in-domain", "base, same out-of-domain"]
+        lines += ["", "## In-domain vs out-of-domain (%)", "", markdown_table(trained, keys, io, corner="row"), ""]
+        paths["in_vs_out.png"] = plot_grouped_bars(list(keys[:2]), trained, {k: {r: io[r][k] for r in trained}
+                                                                            for k in keys[:2]},
+                                                   d / "in_vs_out.png", f"{matrix['kind']}: in-domain vs "
+                                                                          "out-of-domain accuracy")
     lines += ["", "## Figures", "", "![accuracy](heatmap_accuracy.png)", ""]
     if "heatmap_improvement.png" in paths:
         lines += ["![improvement over base](heatmap_improvement.png)", ""]
+    if "in_vs_out.png" in paths:
+        lines += ["![in-domain vs out-of-domain](in_vs_out.png)", ""]
     lines += ["![accuracy by test domain](bars_by_domain.png)", "",
               "Every number is recomputable from `runs/<row>/eval/traces/eval-*.parquet` "
               "(`pipelines.protocol.matrix.recompute_from_traces`).", ""]

@@ -26,9 +26,7 @@ from tqdm import tqdm
 
 from actors.weight_sync import WeightPushError
 from cluster.ray_utils import describe_failure
-from learner.grpo import compute_advantages, dead_group_mask
 from learner.policy import vision_token_ids
-from learner.samples import TrainSample
 from pipelines.config import to_dict
 from pipelines.data.cursor import DataCursor
 from pipelines.errors import RunStopped
@@ -37,11 +35,12 @@ from pipelines.training.batch_metrics import batch_metrics
 from pipelines.training.checkpoints import prune, resolve_resume, run_settings, tidy
 from pipelines.training.dynamic_sampling import fill_live_groups
 from pipelines.training.metrics import MetricsLog, driver_overhead, plot_run_curve, read_metrics
-from pipelines.training.overlong import add_overlong_penalty, is_truncated
+from pipelines.training.overlong import add_overlong_penalty
 from pipelines.training.phase import PhaseMarker
 from pipelines.training.run_setup import RunContext, start_run
 from pipelines.training.run_traces import RunTraces
 from pipelines.training.streamed_scoring import ScoreEachShard, gather_scores
+from pipelines.training.train_samples import group_advantages, groups_that_train, learner_batch
 from pipelines.training.trackers import open_trackers
 
 log = logging.getLogger(__name__)
@@ -184,34 +183,26 @@ class GRPOTrainer:
         scores = [s for sp in kept for s in sp.scores]
         rewards = torch.tensor([s["total"] for s in scores], dtype=torch.float32)
         m["prompts"] = len(kept)
-        adv, adv_stats = compute_advantages(rewards, G, scale=c.grpo.advantage_scale, eps=c.grpo.advantage_eps)
+        adv, adv_stats = group_advantages(rewards, G, c.grpo)
         if trains is None:
-            trains = [not c.grpo.filter_dead_groups or bool(x) for x in ~dead_group_mask(rewards, G)]
-        samples, trace_rows = [], []
-        k, truncated, overlong_dropped = 0, 0, 0
-        for gi, sp in enumerate(kept):
-            for si, comp in enumerate(sp.result["completions"]):
-                s = scores[k]
-                truncated += is_truncated(comp)
-                # DAPO overlong filter: a truncated completion stays in its group's statistics, out of the loss.
-                drop_overlong = c.grpo.overlong_filter and is_truncated(comp)
-                overlong_dropped += bool(trains[gi] and drop_overlong)
-                if trains[gi] and not drop_overlong:
-                    samples.append(TrainSample(sample_id=f"{sp.record.id}#{si}", prompt_text=sp.payload["prompt"],
-                                               image=sp.payload["image"], completion_ids=comp["token_ids"],
-                                               old_logprobs=comp["logprobs"], advantage=float(adv[k])))
-                if self.tr:
+            trains = groups_that_train(rewards, G, c.grpo.filter_dead_groups)
+        lb = learner_batch(kept, adv, trains, c.grpo.overlong_filter)
+        samples, trace_rows = lb.samples, []
+        if self.tr:
+            k = 0
+            for sp in kept:
+                for si, comp in enumerate(sp.result["completions"]):
                     trace_rows.append(ctx.trace_row(
-                        sp.record, comp, s, step=self.step, version=sp.version, worker=sp.worker, sample_index=si,
-                        advantage=float(adv[k]), weights_sha256=self.tr.weights_sha256(sp.version),
+                        sp.record, comp, scores[k], step=self.step, version=sp.version, worker=sp.worker,
+                        sample_index=si, advantage=float(adv[k]), weights_sha256=self.tr.weights_sha256(sp.version),
                         sampling=self._sampling(self.step)))
-                k += 1
+                    k += 1
         if self.tr:
             self.traces.add(trace_rows)  # queued: a background thread chains and writes them
 
         m.update(batch_metrics(kept, scores, rewards, samples, texts, outcome, c.data.prompt_style, self._vision_ids),
-                 truncated_fraction=truncated / max(len(scores), 1),  # completions cut at rollout.max_new_tokens
-                 overlong_filtered=overlong_dropped, rollout_restarts=ctx.rollout.restarts,
+                 truncated_fraction=lb.truncated / max(len(scores), 1),  # completions cut at rollout.max_new_tokens
+                 overlong_filtered=lb.overlong_dropped, rollout_restarts=ctx.rollout.restarts,
                  reward_rescored=ctx.reward_stats.get("reward_rescored", 0),  # over the run
                  queue_depth=queue_depth, weight_version_lag=self._staleness([sp.version for sp in kept]), **adv_stats)
         with self.phase.timed(timings, "time_learner", self.step):

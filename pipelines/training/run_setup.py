@@ -32,7 +32,7 @@ from pipelines.models.base_build import build_base, check_cached_base
 from pipelines.models.tiny import is_model_dir
 from pipelines.prompts import chat_prompt
 from pipelines.traces import trace_row
-from pipelines.training.sft import own_reasonings, run_sft
+from pipelines.training.sft import limit_records, own_reasonings, run_sft
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,9 @@ def ensure_warmstart(cfg, model_path: str, train: list) -> str:
     hf, record = d / "hf", d / "warmstart.json"
     wanted = {"base_model": str(model_path), "prompt_style": str(cfg.sft.prompt_style),
               "epochs": float(cfg.sft.warmstart_epochs), "lr": float(cfg.sft.warmstart_lr),
-              "train_records": records_digest(train), "reasoning": str(cfg.sft.warmstart_reasoning)}
+              # what the warm-start trains on: sft.max_records trims the split first
+              "train_records": records_digest(limit_records(train, cfg.sft.max_records)),
+              "reasoning": str(cfg.sft.warmstart_reasoning)}
     if is_model_dir(hf):
         try:
             checkpoint_manifest.verify(d)
