@@ -93,6 +93,9 @@ class RolloutWorker:
     def shutdown_weight_transfer_engine(self) -> None:
         self.engine.shutdown_weight_transfer_engine()
 
+    def take_push_parts(self) -> dict[str, float]:
+        return self.engine.take_push_parts()
+
     # Colocated mode (see Colocation below)
     def sleep(self, level: int = 1) -> dict:
         t0 = time.perf_counter()

@@ -148,7 +148,7 @@ class TrainerTransfer:
             self.engine.record = record
         self.engine.send_weights()
         nbytes = sum(m.dtype.itemsize * torch.Size(m.shape).numel() for m in self.source.metadata())
-        return {"bytes": nbytes, "seconds": time.perf_counter() - t0}
+        return {"bytes": nbytes, "seconds": time.perf_counter() - t0, "parts": dict(getattr(self.engine, "timings", {}))}
 
     def shutdown(self) -> None:
         self.engine.shutdown()

@@ -44,6 +44,7 @@ from vllm.distributed.weight_transfer.base import (
 from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory, WeightTransferTrainerFactory
 from vllm.distributed.weight_transfer.packed_tensor import pack_tensors, unpack_tensor
 
+from actors.cpu_weights import loads_in_place, plain_heads
 from actors.weight_stream import DEFAULT_CHUNK_BYTES, StreamAssembler
 from actors.weight_verify import tensor_stats
 
@@ -118,13 +119,22 @@ class _Recording:
         model.load_weights(pairs)
 
 
-def _layerwise_start(model) -> None:
+def _layerwise_start(model) -> bool:
+    """Begin an update. Returns whether it goes through vLLM's layer-wise reload: not where every
+    weight is a plain tensor its loader copies into (actors/cpu_weights.py), since then loading is
+    the whole update."""
+    if loads_in_place(model):
+        return False
     from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
 
     initialize_layerwise_reload(model)
+    return True
 
 
-def _layerwise_finish(model, model_config) -> None:
+def _layerwise_finish(model, model_config, layerwise: bool) -> None:
+    if not layerwise:
+        plain_heads(model)  # loaded in place: the head must read its parameter, not a copy packed at load
+        return
     from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
 
     finalize_layerwise_reload(model, model_config)
@@ -181,6 +191,7 @@ class GlooWeightTransferEngine(_Recording, WeightTransferEngine[GlooInitInfo, Te
         self.group = None
         self.chunk_bytes = DEFAULT_CHUNK_BYTES
         self.received = {}
+        self.layerwise = False  # set by each start_weight_update
 
     def init_transfer_engine(self, init_info: GlooInitInfo) -> None:
         pc = self.parallel_config  # the same rank rule as vLLM's NCCL engine: unique across DP replicas
@@ -191,10 +202,10 @@ class GlooWeightTransferEngine(_Recording, WeightTransferEngine[GlooInitInfo, Te
 
     def start_weight_update(self) -> None:
         self.received = {}
-        _layerwise_start(self.model)
+        self.layerwise = _layerwise_start(self.model)
 
     def finish_weight_update(self) -> None:
-        _layerwise_finish(self.model, self.model_config)
+        _layerwise_finish(self.model, self.model_config, self.layerwise)
 
     def update_weights(self, update_info: dict) -> None:
         # The base class ends with torch.accelerator.synchronize(), which has no CPU meaning.
@@ -304,6 +315,7 @@ class StreamWeightTransferEngine(_Recording, WeightTransferEngine[StreamInitInfo
         super().__init__(config, vllm_config, device, model)
         self.assembler = StreamAssembler()
         self.received = {}
+        self.layerwise = False  # set by each start_weight_update
 
     def init_transfer_engine(self, init_info: StreamInitInfo) -> None:
         pass  # nothing to rendezvous: the messages come through collective_rpc
@@ -311,7 +323,7 @@ class StreamWeightTransferEngine(_Recording, WeightTransferEngine[StreamInitInfo
     def start_weight_update(self) -> None:
         self.assembler = StreamAssembler()
         self.received = {}
-        _layerwise_start(self.model)
+        self.layerwise = _layerwise_start(self.model)
 
     def update_weights(self, update_info: dict) -> None:
         self.receive_weights(self.parse_update_info(update_info))
@@ -324,7 +336,7 @@ class StreamWeightTransferEngine(_Recording, WeightTransferEngine[StreamInitInfo
 
     def finish_weight_update(self) -> None:
         self.assembler.finish()
-        _layerwise_finish(self.model, self.model_config)
+        _layerwise_finish(self.model, self.model_config, self.layerwise)
 
     def shutdown(self) -> None:
         pass

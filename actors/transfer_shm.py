@@ -18,6 +18,7 @@ decoder-layer boundaries (vLLM's ``layerwise_groups``).
 """
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import ClassVar
@@ -69,6 +70,7 @@ class ShmWeightTransferEngine(WeightTransferEngine[ShmInitInfo, ShmUpdateInfo]):
         super().__init__(config, vllm_config, device, model)
         self.segment: torch.Tensor | None = None
         self.received: dict[str, list[float]] = {}
+        self.layerwise = False  # set by each start_weight_update
 
     def init_transfer_engine(self, init_info: ShmInitInfo) -> None:
         here = shm_segment.host_id()
@@ -80,7 +82,7 @@ class ShmWeightTransferEngine(WeightTransferEngine[ShmInitInfo, ShmUpdateInfo]):
 
     def start_weight_update(self) -> None:
         self.received = {}
-        _layerwise_start(self.model)
+        self.layerwise = _layerwise_start(self.model)
 
     def update_weights(self, update_info: dict) -> None:
         self.receive_weights(self.parse_update_info(update_info))  # no accelerator sync: loads are synchronous
@@ -94,7 +96,7 @@ class ShmWeightTransferEngine(WeightTransferEngine[ShmInitInfo, ShmUpdateInfo]):
         self.model.load_weights(pairs)  # the one copy: from the mapping into the engine's parameters
 
     def finish_weight_update(self) -> None:
-        _layerwise_finish(self.model, self.model_config)
+        _layerwise_finish(self.model, self.model_config, self.layerwise)
 
     def shutdown(self) -> None:
         self.segment = None  # the mapping goes with the last view
@@ -118,6 +120,7 @@ class ShmTrainerWeightTransferEngine(TrainerWeightTransferEngine[ShmTrainerInitI
         self.layout: shm_segment.Layout | None = None
         self.segment: torch.Tensor | None = None
         self.record = True  # set per push by actors/transfer_client.py (only pushes that are verified)
+        self.timings: dict[str, float] = {}
 
     @classmethod
     def trainer_init(cls, init_info: ShmTrainerInitInfo, *, client, source=None):
@@ -143,23 +146,33 @@ class ShmTrainerWeightTransferEngine(TrainerWeightTransferEngine[ShmTrainerInitI
         where = {s.name: i for i, s in enumerate(layout.slots)}
         bucket_of = {i: k for k, b in enumerate(layout.buckets) for i in b}
         left = [len(b) for b in layout.buckets]
+        t0 = time.perf_counter()
         self.client.start_weight_update()
+        t1 = time.perf_counter()
+        write = 0.0
         # One thread calls the engines, bucket after bucket, while this one writes the next bucket.
         with ThreadPoolExecutor(max_workers=1) as caller:
             pending, ready = [], 0
             try:
                 for name, tensor in self.source:
                     i = where[name]
+                    tw = time.perf_counter()
                     shm_segment.view(segment, layout.slots[i]).copy_(tensor)  # the learner's one copy
+                    write += time.perf_counter() - tw
                     left[bucket_of[i]] -= 1
                     while ready < len(left) and left[ready] == 0:
                         info = dict(layout.bucket_info(ready), record=self.record)
                         pending.append(caller.submit(self.client.update_weights, info))
                         ready += 1
             finally:
+                t2 = time.perf_counter()
                 for p in pending:
                     p.result()  # the first failure (naming the engine) is raised here
+        t3 = time.perf_counter()
         self.client.finish_weight_update()
+        # Where a push's time goes, on the learner's side (bench/bench_push.py prints it).
+        self.timings = {"start": t1 - t0, "write": write, "walk": t2 - t1 - write, "last_loads": t3 - t2,
+                        "finish": time.perf_counter() - t3}
 
     def shutdown(self) -> None:
         self.segment = None

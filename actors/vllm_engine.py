@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import logging
 import re
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from actors import cpu_weights
 from actors.weight_stream import DEFAULT_CHUNK_BYTES, stream_messages
 from learner.image_codec import decode_image
 from learner.policy import vision_token_ids
@@ -104,6 +107,7 @@ class RolloutEngine:
         trust_remote_code: bool = False,
         enable_sleep: bool = False,
         weight_sync: str = "object_store",
+        cpu_linear: str = "packed",
     ):
         # vLLM is imported in the rollout actor's process only: the driver never needs it.
         from vllm import LLM
@@ -111,6 +115,8 @@ class RolloutEngine:
 
         self.max_pixels = max_pixels
         quiet_per_push_logs()
+        if current_platform.is_cpu():  # before the model is built (worker processes read it from the env)
+            cpu_weights.keep_plain(cpu_linear == cpu_weights.PLAIN)
         kwargs: dict[str, Any] = dict(
             model=model_path,
             dtype=dtype,
@@ -148,6 +154,7 @@ class RolloutEngine:
         self.tokenizer = self.llm.get_tokenizer()
         # Never sample a vision special token: inside a completion it would read as an image placeholder.
         self.banned_tokens = {i: -100.0 for i in vision_token_ids(self.tokenizer)}  # -100: vLLM's floor
+        self.push_parts: dict[str, float] = {}  # seconds per part of the pushes (take_push_parts)
         self.batch_retries = 0  # batches that failed and were re-run prompt by prompt (slow)
 
     def generate(
@@ -257,14 +264,31 @@ class RolloutEngine:
         self.llm.init_weight_transfer_engine({"init_info": init_info})
 
     def start_weight_update(self) -> None:
-        self.llm.start_weight_update()
+        with self._timed("start"):
+            self.llm.start_weight_update()
 
     def update_weights(self, update_info) -> None:
-        self.llm.update_weights({"update_info": update_info})
+        with self._timed("load"):
+            self.llm.update_weights({"update_info": update_info})
 
     def finish_weight_update(self, version: int) -> None:
-        self.llm.finish_weight_update(weight_version=str(version))
-        self.reset_cache()  # vLLM's transfer path leaves caches computed with the old weights
+        with self._timed("finish"):
+            self.llm.finish_weight_update(weight_version=str(version))
+        with self._timed("reset_cache"):
+            self.reset_cache()  # vLLM's transfer path leaves caches computed with the old weights
+
+    @contextmanager
+    def _timed(self, part: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.push_parts[part] = self.push_parts.get(part, 0.0) + time.perf_counter() - t0
+
+    def take_push_parts(self) -> dict[str, float]:
+        """Seconds per part of the pushes since the last call, inside this engine (bench/bench_push.py)."""
+        parts, self.push_parts = self.push_parts, {}
+        return parts
 
     def shutdown_weight_transfer_engine(self) -> None:
         self.llm.shutdown_weight_transfer_engine()

@@ -2,14 +2,17 @@
 
 Importing this module in the worker registers the project's weight-transfer
 engines (``actors/transfer_engines.py``) into vLLM's factory before the worker
-builds its engine. The pushes themselves go through vLLM's own weight-transfer
+builds its engine, and applies the engine's choice of plain or packed CPU linear
+weights (``actors/cpu_weights.py``) before the model is built. The pushes themselves go through vLLM's own weight-transfer
 calls; what is added here is the check that a push landed. Names start with
 ``medr1_`` because an extension may not redefine methods the worker already has.
 """
 from __future__ import annotations
 
-from actors import transfer_engines, transfer_shm  # noqa: F401  (register medr1_gloo, medr1_stream, medr1_shm)
+from actors import cpu_weights, transfer_engines, transfer_shm  # noqa: F401  (register medr1_gloo, medr1_stream, medr1_shm)
 from actors.weight_verify import stale_cpu_kernels, tensor_stats
+
+cpu_weights.apply_env()  # a worker process of its own: build the model with the engine's CPU linear choice
 
 
 class MedR1WorkerExtension:

@@ -174,7 +174,8 @@ class BroadcastWeightSync(WeightSync):
             self._form(learners, workers)
         sent = self._run([w.push_weights.remote(version, self._record) for w in learners.workers],
                          f"pushing version {version}")
-        return {"push_bytes": sent[0]["bytes"], "push_send_seconds": sent[0]["seconds"], "failed_workers": []}
+        parts = {f"push_sender_{k}_seconds": v for k, v in sent[0].get("parts", {}).items()}
+        return {"push_bytes": sent[0]["bytes"], "push_send_seconds": sent[0]["seconds"], "failed_workers": [], **parts}
 
     def _rejoin(self, learners, workers: list, worker, version: int) -> None:
         self._group = None  # every engine re-forms the group with the restarted one

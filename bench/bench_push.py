@@ -9,7 +9,13 @@ absolute times. Pushes are not verified (weight_sync.verify=off, as in a run aft
 first push); the bench checks once, after its last push, that the engine's weights equal
 the learner's.
 
+Each engine is ``backend:cpu_linear`` (rollout.cpu_linear: ``plain`` weights a push copies
+into, or vLLM's oneDNN ``packed`` layout that each push rebuilds through the layer-wise
+reload), and each also samples the think shape (8 image prompts x G=4, 64 tokens) before
+its pushes, so a faster push is never bought with slower sampling unseen.
+
     python bench/bench_push.py [--sizes tiny medium] [--pushes 5] [--bucket-mb 64]
+                               [--engines object_store:plain gloo:plain shm:plain shm:packed]
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 # bench/bench_rollout.py's medium (~60M) size.
 MEDIUM = dict(hidden_size=768, num_attention_heads=12, num_key_value_heads=4, intermediate_size=2048,
@@ -60,16 +67,17 @@ def bench_size(size: str, args) -> dict:
                          env={"OMP_NUM_THREADS": str(os.cpu_count() or 1)})
     rows = []
     try:
-        for backend in args.backends:
+        for spec in args.engines:
+            backend, _, cpu_linear = spec.partition(":")
             try:
-                rows.append(_bench_backend(backend, group, model, cores, args))
+                rows.append(_bench_backend(backend, cpu_linear or "plain", group, model, cores, args))
             except Exception as e:  # noqa: BLE001  (one backend failing must not hide the others' figures)
-                rows.append({"backend": backend, "error": f"{type(e).__name__}: {e}"})
+                rows.append({"backend": spec, "error": f"{type(e).__name__}: {e}"})
     finally:
         group.shutdown()
     ok = [r for r in rows if "error" not in r]
     base = memcpy_seconds(ok[0]["bytes"]) if ok else float("nan")
-    ref = next((r["push_s"] for r in ok if r["backend"] == "object_store"), ok[0]["push_s"] if ok else 1.0)
+    ref = next((r["push_s"] for r in ok if r["backend"].startswith("object_store")), ok[0]["push_s"] if ok else 1.0)
     for r in ok:
         r.update(mb_s=r["bytes"] / r["push_s"] / 1e6, vs_object_store=ref / r["push_s"],
                  push_over_memcpy=base / r["push_s"])
@@ -77,7 +85,29 @@ def bench_size(size: str, args) -> dict:
     return {"size": size, "bytes": nbytes, "memcpy_s": base, "memcpy_mb_s": nbytes / base / 1e6, "rows": rows}
 
 
-def _bench_backend(backend: str, group, model: Path, cores: str, args) -> dict:
+def _prompts(model: Path) -> list[dict]:
+    from transformers import AutoProcessor
+
+    from bench_rollout import _images
+    from pipelines.prompts import chat_prompt
+
+    text = chat_prompt(AutoProcessor.from_pretrained(model),
+                       {"question": "What imaging modality is shown?", "options": ["CT", "MRI", "X-ray", "OCT"]})
+    return [{"id": str(i), "prompt": text, "image": img} for i, img in enumerate(_images(8))]
+
+
+def _sample_tok_s(worker, prompts: list[dict]) -> float:
+    """Sampling speed of the think shape (8 prompts x G=4, <= 64 tokens), best of two."""
+    import ray
+
+    best = 0.0
+    for seed in (1, 2):
+        out = ray.get(worker.generate.remote(prompts, {"n": 4, "temperature": 1.0, "max_tokens": 64, "seed": seed}))
+        best = max(best, out["tokens"] / out["seconds"])
+    return best
+
+
+def _bench_backend(backend: str, cpu_linear: str, group, model: Path, cores: str, args) -> dict:
     import ray
 
     from actors.rollout import create_rollout_workers, wait_ready
@@ -86,18 +116,26 @@ def _bench_backend(backend: str, group, model: Path, cores: str, args) -> dict:
     from cluster.ray_utils import kill_quietly
 
     kwargs = dict(model_path=str(model), max_model_len=1024, kv_cache_memory_bytes=64 << 20,
-                  max_pixels=112 * 112, weight_sync=backend)
+                  max_pixels=112 * 112, weight_sync=backend, cpu_linear=cpu_linear)
     workers = create_rollout_workers(1, kwargs, num_cpus=1, env_vars=[cpu_engine_env(cores)],
-                                     name_prefix=f"bench-{backend}")
+                                     name_prefix=f"bench-{backend}-{cpu_linear}")
     try:
         wait_ready(workers)
+        prompts = _prompts(model)
+        ray.get(workers[0].generate.remote(prompts[:1], {"n": 1, "max_tokens": 4}))  # warm-up
+        tok_s = _sample_tok_s(workers[0], prompts)
         sync = make_weight_sync(backend, bucket_size_mb=args.bucket_mb, verify="off", dtype="float32")
         sync.push(group, workers, 1)  # forms the group, warms caches
-        times, nbytes = [], 0
+        ray.get(workers[0].take_push_parts.remote())
+        times, nbytes, sender = [], 0, {}
         for v in range(2, 2 + args.pushes):
             out = sync.push(group, workers, v)
             times.append(out["push_seconds"])
             nbytes = out["push_bytes"]
+            for k, x in out.items():
+                if k.startswith("push_sender_"):
+                    sender.setdefault(k.removeprefix("push_sender_").removesuffix("_seconds"), []).append(x)
+        engine_parts = {k: x / args.pushes for k, x in ray.get(workers[0].take_push_parts.remote()).items()}
         sync.verify_when = "every"  # one checked push after the timed ones: the engine holds the learner's weights
         sync.push(group, workers, 2 + args.pushes)
         if backend != "object_store":
@@ -105,21 +143,28 @@ def _bench_backend(backend: str, group, model: Path, cores: str, args) -> dict:
         ray.get(workers[0].ready.remote())
     finally:
         kill_quietly(workers)
-    return {"backend": backend, "push_s": statistics.median(times), "push_s_all": times, "bytes": nbytes,
-            "verified": True}
+    return {"backend": f"{backend}:{cpu_linear}", "push_s": statistics.median(times), "push_s_all": times,
+            "bytes": nbytes, "verified": True, "sample_tok_s": tok_s, "engine_parts_s": engine_parts,
+            "sender_parts_s": {k: statistics.median(x) for k, x in sender.items()}}
 
 
 def print_table(res: dict, args) -> None:
     print(f"\nweight push, {res['size']} model ({res['bytes'] / 1e6:.1f} MB), median of {args.pushes}, "
           f"bucket {args.bucket_mb} MiB")
-    print(f"{'backend':<14}{'push s':>9}{'MB/s':>10}{'x object_store':>16}{'push/memcpy':>13}")
+    print(f"{'engine':<22}{'push s':>9}{'MB/s':>10}{'x object_store':>16}{'push/memcpy':>13}{'sample tok/s':>14}")
     for r in res["rows"]:
         if "error" in r:
-            print(f"{r['backend']:<14}failed: {r['error'][:200]}")
+            print(f"{r['backend']:<22}failed: {r['error'][:200]}")
             continue
-        print(f"{r['backend']:<14}{r['push_s']:>9.4f}{r['mb_s']:>10.0f}{r['vs_object_store']:>15.2f}x"
-              f"{r['push_over_memcpy']:>13.3f}")
-    print(f"{'memcpy':<14}{res['memcpy_s']:>9.4f}{res['memcpy_mb_s']:>10.0f}")
+        print(f"{r['backend']:<22}{r['push_s']:>9.4f}{r['mb_s']:>10.0f}{r['vs_object_store']:>15.2f}x"
+              f"{r['push_over_memcpy']:>13.3f}{r['sample_tok_s']:>14.0f}")
+    print(f"{'memcpy':<22}{res['memcpy_s']:>9.4f}{res['memcpy_mb_s']:>10.0f}")
+    print("where a push goes (s per push; engine: inside the rollout engine, sender: on learner rank 0)")
+    for r in res["rows"]:
+        if "error" not in r:
+            parts = [f"engine {k} {v:.4f}" for k, v in r["engine_parts_s"].items()]
+            parts += [f"sender {k} {v:.4f}" for k, v in r["sender_parts_s"].items()]
+            print(f"  {r['backend']:<20}" + ", ".join(parts))
 
 
 def main() -> int:
@@ -127,12 +172,13 @@ def main() -> int:
     ap.add_argument("--sizes", nargs="*", choices=["tiny", "medium"], default=["tiny", "medium"])
     ap.add_argument("--pushes", type=int, default=5)
     ap.add_argument("--bucket-mb", type=int, default=64)
-    ap.add_argument("--backends", nargs="*", default=["object_store", "gloo", "shm"])
+    ap.add_argument("--engines", nargs="*", default=["object_store:plain", "gloo:plain", "shm:plain", "shm:packed"],
+                    help="backend:cpu_linear per engine (cpu_linear: plain or packed)")
     args = ap.parse_args()
 
     import ray
 
-    ray.init(num_cpus=max(4, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=max(4, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
     try:
         results = [bench_size(size, args) for size in args.sizes]

@@ -34,6 +34,13 @@ class SyncBackend(enum.StrEnum):
     ipc = "ipc"  # CUDA IPC handles: colocated GPUs (the learner and an engine on the same device)
 
 
+class CpuLinear(enum.StrEnum):
+    """How vLLM's linear layers hold their weights on CPU (actors/cpu_weights.py)."""
+
+    plain = "plain"  # as loaded, F.linear: a push copies straight into them (no reload, no repack)
+    packed = "packed"  # vLLM's default: repacked for oneDNN, so every push re-runs vLLM's layer-wise reload
+
+
 class VerifyWhen(enum.StrEnum):
     """When to check that the engines' weights equal the learner's after a push."""
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from pipelines.choices import (
     AdvantageScale,
+    CpuLinear,
     DataSource,
     DistBackend,
     DType,
@@ -135,6 +136,10 @@ class RolloutConfig:
     # With cluster.colocate: vLLM sleep level while the learner runs (1: weights to host memory, 2: dropped).
     sleep_level: int = 1
     seed: int = 0
+    # On CPU: plain keeps linear weights as loaded, so a weight push is one copy into them; packed is
+    # vLLM's oneDNN layout, which each push must rebuild. packed is the default: it samples faster
+    # (1.35x at ~60M in bench/bench_push.py), and a step samples for seconds but pushes once.
+    cpu_linear: CpuLinear = CpuLinear.packed
 
 
 @dataclass

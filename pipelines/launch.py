@@ -45,6 +45,7 @@ def engine_kwargs(cfg, model_path: str) -> dict[str, Any]:
         trust_remote_code=cfg.model.trust_remote_code,
         enable_sleep=cfg.cluster.colocate,
         weight_sync=str(sync_backend(cfg)),
+        cpu_linear=str(ro.cpu_linear),
     )
 
 

@@ -1,7 +1,11 @@
 """Push correctness: after a GRPO update is pushed into the running vLLM engine,
 vLLM's greedy continuation equals the learner's own HF greedy continuation, and
 differs from what the engine produced before the push. Under LoRA the push carries the
-merged weights and the learner generates through PEFT with the adapter active."""
+merged weights and the learner generates through PEFT with the adapter active.
+
+Both ways a CPU engine holds linear weights are covered (actors/cpu_weights.py): packed for
+oneDNN (the default; vLLM's layer-wise reload) over the object store and shared memory, and
+plain (a push is vLLM's load_weights copying into them, no reload) over shared memory."""
 from __future__ import annotations
 
 import os
@@ -14,8 +18,33 @@ from tests.conftest import noise_png
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("lora_rank", [0, 8], ids=["full", "lora8"])
-def test_push_makes_vllm_match_learner(tiny_model_dir, rollout_worker, ray_session, lora_rank):
+@pytest.fixture
+def engine(request, tiny_model_dir, ray_session):
+    """(backend, rollout actor, whether it is the session's shared actor)."""
+    backend, cpu_linear = request.param
+    if backend == "object_store" and cpu_linear == "packed":
+        yield backend, request.getfixturevalue("rollout_worker"), True
+        return
+    from actors.rollout import create_rollout_workers, wait_ready
+    from actors.vllm_engine import cpu_engine_env
+    from cluster.ray_utils import kill_quietly
+    from tests.conftest import REPO, TEST_MAX_PIXELS
+
+    kwargs = dict(model_path=str(tiny_model_dir), max_model_len=1024, kv_cache_memory_bytes=128 << 20,
+                  max_pixels=TEST_MAX_PIXELS, seed=0, weight_sync=backend, cpu_linear=cpu_linear)
+    env = {**cpu_engine_env(f"0-{(os.cpu_count() or 2) - 1}"), "PYTHONPATH": str(REPO)}
+    [worker] = create_rollout_workers(1, kwargs, num_cpus=1, env_vars=[env], name_prefix=f"push-{cpu_linear}")
+    try:
+        wait_ready([worker])
+        yield backend, worker, False
+    finally:
+        kill_quietly([worker])
+
+
+@pytest.mark.parametrize("engine,lora_rank", [(("object_store", "packed"), 0), (("object_store", "packed"), 8),
+                                              (("shm", "plain"), 0), (("shm", "packed"), 0)],
+                         ids=["full", "lora8", "shm-plain", "shm-packed"], indirect=["engine"])
+def test_push_makes_vllm_match_learner(tiny_model_dir, engine, ray_session, lora_rank):
     from omegaconf import OmegaConf
     from transformers import AutoTokenizer
 
@@ -26,6 +55,7 @@ def test_push_makes_vllm_match_learner(tiny_model_dir, rollout_worker, ray_sessi
     from pipelines.prompts import chat_prompt
 
     ray = ray_session
+    backend, rollout_worker, shared = engine
     cfg = OmegaConf.structured(MedR1Config)
     cfg.learner.lr = 5e-3 if not lora_rank else 2e-2  # LoRA's B starts at 0: a larger step to move the greedy
     cfg.learner.lora.rank = lora_rank
@@ -60,8 +90,8 @@ def test_push_makes_vllm_match_learner(tiny_model_dir, rollout_worker, ray_sessi
         for _ in range(3):
             metrics = group.train_step(samples, 4)
             assert np.isfinite(metrics["loss"])
-        sync = make_weight_sync("object_store", verify="every")  # the per-tensor and kernel checks too
-        for v in (version0 + 1, version0 + 2):
+        sync = make_weight_sync(backend, verify="every")  # the per-tensor and kernel checks too
+        for v in (version0 + 1, version0 + 2):  # the second push reuses the group (and, for shm, the segment)
             stats = sync.push(group, [rollout_worker], v)
             assert stats["push_bytes"] > 1_000_000 and stats["weight_version"] == v
             assert stats["weight_verified"] == 1.0
@@ -73,11 +103,13 @@ def test_push_makes_vllm_match_learner(tiny_model_dir, rollout_worker, ray_sessi
         after = vllm_greedy()
         learner = group.greedy_generate(prompt, probe["image"], 8)
     finally:
-        # Put the shared engine back on the base weights for the other tests.
-        from safetensors.torch import load_file
+        if shared:  # put the shared engine back on the base weights for the other tests
+            from safetensors.torch import load_file
 
-        base = load_file(str(tiny_model_dir / "model.safetensors"))
-        ray.get(rollout_worker.load_weights.remote(base, version0))
+            base = load_file(str(tiny_model_dir / "model.safetensors"))
+            ray.get(rollout_worker.load_weights.remote(base, version0))
+        elif backend != "object_store":
+            group.call_all("shutdown_weight_transfer")
         group.shutdown()
     assert after != before, "the push did not change the engine's output"
     assert after[:4] == learner[:4], (after, learner)
