@@ -8,9 +8,11 @@ repack cost about 15x a plain copy of the bytes (docs/performance.md).
 
 With ``keep_plain(True)`` before the engine is built, those layers take the path
 vLLM itself uses for layers it does not pack (``_cpu_skip_gemm_dispatch``):
-``F.linear`` on the parameter as loaded. Nothing is then derived from a weight after
-loading, so ``loads_in_place`` holds and a push is vLLM's own ``load_weights``
-copying each tensor into its (fused, sharded) place: one copy, no reload.
+``F.linear`` on the parameter as loaded. vLLM packs embeddings and the LM head whatever
+the flag says; ``plain_heads`` points them at their parameter after the first push. Nothing
+is then derived from a weight after loading, so ``loads_in_place`` holds and a push is
+vLLM's own ``load_weights`` copying each tensor into its (fused, sharded) place: one
+copy, no reload.
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ def _classes():
     from vllm.model_executor.layers.linear import LinearBase
     from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
 
-    return LinearBase, VocabParallelEmbedding  # the LM head is a VocabParallelEmbedding
+    # On embeddings (the LM head is one) vLLM does not read the flag; loads_in_place does.
+    return LinearBase, VocabParallelEmbedding
 
 
 def keep_plain(on: bool) -> None:

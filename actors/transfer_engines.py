@@ -26,6 +26,7 @@ worker does through the worker extension (``actors/vllm_worker_ext.py``).
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -147,15 +148,14 @@ def refresh_tied_heads(model) -> int:
     layer-wise reload re-processes the embedding and puts the head's old tensors back: the parameter
     is updated in place, the packed copy the sampler multiplies with is not (every logit would come
     from the first weights). Elsewhere the head multiplies the parameter itself and this is a no-op."""
-    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+    from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, UnquantizedEmbeddingMethod
 
-    owners: dict[int, int] = {}
-    heads = [m for m in model.modules() if isinstance(getattr(m, "quant_method", None), UnquantizedEmbeddingMethod)
-             and isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.numel() > 0]
-    for m in heads:
-        owners[m.weight.data_ptr()] = owners.get(m.weight.data_ptr(), 0) + 1
-    tied = [m for m in heads if owners[m.weight.data_ptr()] > 1]
-    for m in tied:
+    shared = Counter(m.weight.data_ptr() for m in model.modules()
+                     if isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.numel() > 0)
+    tied = [m for m in model.modules() if isinstance(m, ParallelLMHead)
+            and isinstance(m.quant_method, UnquantizedEmbeddingMethod)
+            and m.weight.numel() > 0 and shared[m.weight.data_ptr()] > 1]
+    for m in tied:  # only the head: the reload has already processed the embedding it shares a weight with
         m.quant_method.process_weights_after_loading(m)
     return len(tied)
 

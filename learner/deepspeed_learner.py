@@ -217,7 +217,7 @@ class GRPOLearner:
         loss_total, n_steps = 0.0, 0
         gap = [0.0, 0.0]  # the first mini-batch's |learner - sampler| log-prob: nothing has been updated yet
         self.engine.train()
-        for _ in range(self.updates_per_batch):
+        for update in range(self.updates_per_batch):
             for j in range(n_mini):
                 for i in range(bounds[j], bounds[j + 1]):
                     b, (c, w) = batches[i], micro[i]
@@ -235,7 +235,7 @@ class GRPOLearner:
                         for k, v in m.items():
                             if k != "num_tokens":
                                 sums[k] = sums.get(k, 0.0) + float(v) * nb
-                        if _ == 0 and j == 0 and "logprob_gap" in m:
+                        if update == 0 and j == 0 and "logprob_gap" in m:
                             gap[0] += float(m["logprob_gap"]) * nb
                             gap[1] += nb
                 lrs.append(float(self.scheduler.get_last_lr()[0]))
