@@ -7,7 +7,9 @@ checkpoint: ZeRO saves and loads collectively) and ``call_rank0`` (e.g. the weig
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from typing import Any, Optional, Sequence
 
 import ray
@@ -30,6 +32,23 @@ class LearnerRankError(ray.exceptions.RayError):
         self.rank = rank
         super().__init__(f"learner-{rank} (rank {rank} of {world_size}) failed in {method}: "
                          f"{describe_failure(error)}")
+
+
+@contextlib.contextmanager
+def _hidden_module(name: str):
+    """Make ``import name`` fail inside the block when nothing has imported it yet.
+
+    DeepSpeed's autotuner imports mlflow on import when it is installed: about 4 s of every
+    rank's start-up on 2 cores, for a module a rank never uses (it does not autotune; the
+    driver does the tracking). Afterwards the module imports normally again."""
+    hide = name not in sys.modules
+    if hide:
+        sys.modules[name] = None  # the import system's "not importable" marker
+    try:
+        yield
+    finally:
+        if hide and sys.modules.get(name, 0) is None:
+            del sys.modules[name]
 
 
 @ray.remote
@@ -55,7 +74,8 @@ class LearnerWorker:
         self._cores = pin()  # before DeepSpeed and torch start their threads: they inherit it
         phase_threads(self._cores)
         # Imported here, after the rank's env is set: DeepSpeed reads it on import.
-        from learner.deepspeed_learner import GRPOLearner
+        with _hidden_module("mlflow"):
+            from learner.deepspeed_learner import GRPOLearner
 
         self.learner = GRPOLearner(model_path, learner_cfg, grpo_cfg, **kwargs)
         return True

@@ -58,6 +58,23 @@ def ray_session():
 
 
 @pytest.fixture(scope="session")
+def smoke_start(tmp_path_factory, ray_session, tiny_model_dir) -> list[str]:
+    """Overrides that start a smoke run from a model, benchmark and format warm-start built once
+    for the session: a warm-start costs a learner start-up and 20 SFT steps (about a minute on
+    2 cores) per test otherwise. tests/test_train_smoke.py builds its own: it tests the building."""
+    from pipelines.config import load_config
+    from pipelines.training.run_setup import ensure_data, ensure_model, ensure_warmstart
+
+    root = tmp_path_factory.mktemp("smoke-start")
+    overrides = [f"model.path={tiny_model_dir}", f"data.prepared_dir={root / 'data'}",
+                 f"sft.warmstart_dir={root / 'warm'}"]
+    cfg = load_config("smoke.yaml", [*overrides, "logging.progress=false"])
+    train, _ = ensure_data(cfg)
+    ensure_warmstart(cfg, ensure_model(cfg), train)
+    return overrides
+
+
+@pytest.fixture(scope="session")
 def rollout_worker(ray_session, tiny_model_dir):
     """One rollout actor on the tiny model, shared by every test that needs vLLM."""
     from actors.rollout import create_rollout_workers, wait_ready

@@ -15,12 +15,11 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def _cfg(tmp_path, out, extra=()):
+def _cfg(start, out, extra=()):
     from pipelines.config import load_config
 
     return load_config("smoke.yaml", [
-        f"trainer.output_dir={out}", f"model.path={tmp_path / 'model'}", f"data.prepared_dir={tmp_path / 'data'}",
-        f"sft.warmstart_dir={tmp_path / 'warm'}", "logging.progress=false", "logging.tensorboard=false",
+        f"trainer.output_dir={out}", *start, "logging.progress=false", "logging.tensorboard=false",
         "eval.max_samples=2", "trainer.save_every=1", "trainer.total_steps=3", "rollout.async=true", *extra])
 
 
@@ -34,7 +33,7 @@ def _batches(out):
     return steps
 
 
-def test_async_run_resume_and_learner_failure(tmp_path, ray_session):
+def test_async_run_resume_and_learner_failure(tmp_path, smoke_start):
     import ray
 
     from pipelines.data.cursor import DataCursor
@@ -42,7 +41,7 @@ def test_async_run_resume_and_learner_failure(tmp_path, ray_session):
     from pipelines.training.grpo_loop import GRPOTrainer, run_training
 
     full = tmp_path / "full"
-    cfg = _cfg(tmp_path, full)
+    cfg = _cfg(smoke_start, full)
     run_training(cfg)
 
     rows = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
@@ -70,7 +69,7 @@ def test_async_run_resume_and_learner_failure(tmp_path, ray_session):
 
     # The step-1 checkpoint was written with step 2's batch already sampling: resuming must train on it.
     resumed = tmp_path / "resumed"
-    trainer = GRPOTrainer(_cfg(tmp_path, resumed, [f"trainer.resume_from={full / 'checkpoints' / 'step_1'}",
+    trainer = GRPOTrainer(_cfg(smoke_start, resumed, [f"trainer.resume_from={full / 'checkpoints' / 'step_1'}",
                                                    "rollout.async=false", "cluster.colocate=true"]))
     try:
         trainer.setup()

@@ -237,13 +237,14 @@ def test_job_submission_logs_and_driver_metrics_reach_prometheus(ray_head):
 
 @pytest.mark.slow
 @pytest.mark.timeout(700)
-def test_medr1_submit_smoke_config(ray_head, tmp_path, capsys):
-    """`medr1 submit configs/smoke.yaml trainer.output_dir=<abs>` runs GRPO as a job and writes its outputs."""
+def test_medr1_submit_smoke_config(ray_head, smoke_start, tmp_path, capsys):
+    """`medr1 submit configs/smoke.yaml trainer.output_dir=<abs>` runs GRPO as a job and writes its outputs.
+    It starts from the session's warm-start (absolute paths: the job runs on this machine)."""
     from pipelines.cli.main import main
 
     out = tmp_path / "smoke-run"
-    rc = main(["submit", "configs/smoke.yaml", f"trainer.output_dir={out}", "--address", ray_head["address"],
-               "--no-wait"])
+    rc = main(["submit", "configs/smoke.yaml", f"trainer.output_dir={out}", *smoke_start, "--address",
+               ray_head["address"], "--no-wait"])
     printed = capsys.readouterr().out
     assert rc == 0, printed
     job_id = re.search(r"submitted job: (\S+)", printed).group(1)

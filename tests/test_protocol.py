@@ -177,24 +177,22 @@ def test_empty_matrix_still_writes_a_report(tmp_path):
     assert "No finished rows" in paths["report.md"].read_text() and paths["matrix.json"].is_file()
 
 @pytest.mark.slow
-def test_reduced_protocol_end_to_end(ray_session, tiny_model_dir, tmp_path):
+def test_reduced_protocol_end_to_end(smoke_start, tmp_path):
     """One real GRPO step on CT and one on MRI (from one shared format warm-start), then
     the base and the trained models evaluated on every test modality; the report's numbers
     equal the traces'."""
     from pipelines.config import load_config
 
-    cfg = load_config("smoke", [f"model.path={tiny_model_dir}", f"data.prepared_dir={tmp_path / 'data'}",
-                                "data.synthetic.test_fraction=0.5", f"trainer.output_dir={tmp_path / 'run'}",
-                                f"sft.warmstart_dir={tmp_path / 'warm'}",
+    cfg = load_config("smoke", [*smoke_start, f"trainer.output_dir={tmp_path / 'run'}",
                                 "logging.progress=false", "logging.tensorboard=false", "logging.ray_metrics=false",
                                 "eval.max_samples=4"])
+    warm = cfg.sft.warmstart_dir
     proto = tmp_path / "proto"
     m = P.run_protocol(cfg, "cross-modality", protocol_dir=proto, domains=["CT", "MRI"], steps=1, max_parallel=1,
                        eval_workers=1, eval_max_samples=16)
     assert m["rows"] == ["base", "CT", "MRI"], "a cell failed: see the log"
     # one warm-start, shared by every row (the base row evaluates it)
-    assert (tmp_path / "warm" / "hf" / "config.json").is_file()
-    assert json.loads((M.cell_path(proto, "base") / "cell.json").read_text())["model"] == str(tmp_path / "warm" / "hf")
+    assert json.loads((M.cell_path(proto, "base") / "cell.json").read_text())["model"] == f"{warm}/hf"
     assert len(m["cols"]) == 8 and sum(m["n"]["CT"].values()) == 16
     assert (M.cell_path(proto, "CT") / "checkpoints" / "final" / "hf" / "config.json").is_file()
     cell = json.loads((M.cell_path(proto, "CT") / "cell.json").read_text())

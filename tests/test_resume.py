@@ -9,26 +9,25 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def _cfg(tmp_path, out, extra=()):
+def _cfg(start, out, extra=()):
     from pipelines.config import load_config
 
     return load_config("smoke.yaml", [
-        f"trainer.output_dir={out}", f"model.path={tmp_path / 'model'}", f"data.prepared_dir={tmp_path / 'data'}",
-        f"sft.warmstart_dir={tmp_path / 'warm'}", "logging.progress=false", "logging.tensorboard=false",
+        f"trainer.output_dir={out}", *start, "logging.progress=false", "logging.tensorboard=false",
         "eval.max_samples=2", "trainer.save_every=1", *extra])
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory, ray_session):
+def full_run(tmp_path_factory, smoke_start):
     """One uninterrupted 2-step run (checkpoints step_1 and final), shared: each smoke run costs minutes."""
     from pipelines.training.grpo_loop import run_training
 
     base = tmp_path_factory.mktemp("resume")
-    run_training(_cfg(base, base / "full"))
+    run_training(_cfg(smoke_start, base / "full"))
     return base
 
 
-def test_resume_reaches_the_same_weights(full_run):
+def test_resume_reaches_the_same_weights(full_run, smoke_start):
     from safetensors.torch import load_file
 
     from pipelines.traces import read_traces
@@ -38,7 +37,7 @@ def test_resume_reaches_the_same_weights(full_run):
     full = tmp_path / "full"
     resumed = tmp_path / "resumed"
     # The resumed run may use a different number of rollout actors.
-    run_training(_cfg(tmp_path, resumed, [f"trainer.resume_from={full / 'checkpoints' / 'step_1'}",
+    run_training(_cfg(smoke_start, resumed, [f"trainer.resume_from={full / 'checkpoints' / 'step_1'}",
                                           "rollout.num_workers=1"]))
 
     def batch_ids(out, step):
@@ -71,7 +70,7 @@ def test_resume_reaches_the_same_weights(full_run):
     assert worst <= 1e-5 + 1e-3 * moved, f"resumed weights differ by {worst} (step-2 update size {moved})"
 
 
-def test_rerun_of_the_same_output_dir_continues_it(full_run):
+def test_rerun_of_the_same_output_dir_continues_it(full_run, smoke_start):
     """trainer.resume_from=auto (the default): a rerun continues from the newest valid checkpoint, skipping
     what a killed save left; a rerun with other settings is refused before anything starts."""
     import shutil
@@ -85,10 +84,10 @@ def test_rerun_of_the_same_output_dir_continues_it(full_run):
     half = out / "checkpoints" / "step_3.tmp-999" / "hf"  # a save killed part-way
     half.mkdir(parents=True)
     (half / "model.safetensors").write_bytes(b"partial")
-    summary = run_training(_cfg(tmp_path, out, ["trainer.total_steps=3"]))
+    summary = run_training(_cfg(smoke_start, out, ["trainer.total_steps=3"]))
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3], "the rerun must train step 3 only, continuing from final (step 2)"
     assert "before" not in summary  # not a fresh start: no 'before' evaluation
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["final", "step_1"]
     with pytest.raises(UserError, match="saved with other settings: learner.lr"):
-        run_training(_cfg(tmp_path, out, ["trainer.total_steps=3", "learner.lr=0.5"]))
+        run_training(_cfg(smoke_start, out, ["trainer.total_steps=3", "learner.lr=0.5"]))

@@ -17,7 +17,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def test_smoke_run_with_algorithm_knobs_gloo_push_and_trackers(tmp_path, ray_session):
+def test_smoke_run_with_algorithm_knobs_gloo_push_and_trackers(tmp_path, smoke_start):
     pytest.importorskip("wandb")
     pytest.importorskip("mlflow")
     from pipelines.config import load_config
@@ -26,8 +26,7 @@ def test_smoke_run_with_algorithm_knobs_gloo_push_and_trackers(tmp_path, ray_ses
 
     out = tmp_path / "run"
     cfg = load_config("smoke.yaml", [
-        f"trainer.output_dir={out}", f"model.path={tmp_path / 'model'}", f"data.prepared_dir={tmp_path / 'data'}",
-        f"sft.warmstart_dir={tmp_path / 'warm'}", "logging.progress=false",
+        f"trainer.output_dir={out}", *smoke_start, "logging.progress=false",
         "grpo.ratio_level=sequence", "grpo.dynamic_sampling=true", "grpo.dynamic_sampling_max_tries=3",
         "grpo.overlong_filter=true",
         # room for the warm-start's 21-token think layout (smoke's 16 cuts every one of them short)
