@@ -57,21 +57,34 @@ def ray_session():
     ray.shutdown()
 
 
-@pytest.fixture(scope="session")
-def smoke_start(tmp_path_factory, ray_session, tiny_model_dir) -> list[str]:
-    """Overrides that start a smoke run from a model, benchmark and format warm-start built once
-    for the session: a warm-start costs a learner start-up and 20 SFT steps (about a minute on
-    2 cores) per test otherwise. tests/test_train_smoke.py builds its own: it tests the building."""
-    from pipelines.config import load_config
-    from pipelines.training.run_setup import ensure_data, ensure_model, ensure_warmstart
+# The settings of the session's smoke run, and of the runs that resume it (tests/test_resume.py).
+SMOKE_RUN_OVERRIDES = ("logging.progress=false", "logging.tensorboard=false", "trainer.save_every=1")
 
-    root = tmp_path_factory.mktemp("smoke-start")
-    overrides = [f"model.path={tiny_model_dir}", f"data.prepared_dir={root / 'data'}",
-                 f"sft.warmstart_dir={root / 'warm'}"]
-    cfg = load_config("smoke.yaml", [*overrides, "logging.progress=false"])
-    train, _ = ensure_data(cfg)
-    ensure_warmstart(cfg, ensure_model(cfg), train)
-    return overrides
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, ray_session):
+    """`medr1 train configs/smoke.yaml` from nothing, once per session: the run builds the tiny model,
+    the benchmark and the format warm-start, then trains 2 steps with a checkpoint after each.
+    tests/test_train_smoke.py checks its outputs, tests/test_resume.py resumes it, and ``smoke_start``
+    starts other runs from what it built. Each smoke run costs minutes on 2 cores (the actors' start-up
+    and the warm-start are most of it), so the slow tests share this one where they can."""
+    from types import SimpleNamespace
+
+    from pipelines.config import load_config
+    from pipelines.training.grpo_loop import run_training
+
+    root = tmp_path_factory.mktemp("smoke")
+    start = [f"model.path={root / 'model'}", f"data.prepared_dir={root / 'data'}",
+             f"sft.warmstart_dir={root / 'warm'}"]
+    cfg = load_config("smoke.yaml", [f"trainer.output_dir={root / 'full'}", *start, *SMOKE_RUN_OVERRIDES])
+    summary = run_training(cfg)
+    return SimpleNamespace(root=root, out=root / "full", cfg=cfg, summary=summary, start=start)
+
+
+@pytest.fixture(scope="session")
+def smoke_start(smoke_run) -> list[str]:
+    """Overrides that start a smoke run from the session smoke run's model, benchmark and format warm-start."""
+    return list(smoke_run.start)
 
 
 @pytest.fixture(scope="session")

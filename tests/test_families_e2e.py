@@ -80,7 +80,7 @@ def test_new_families_generate_like_transformers_and_train(tmp_path, ray_session
         out = root / "run"
         cfg = load_config("smoke.yaml", [f"trainer.output_dir={out}", f"model.path={model_dir}",
                                          f"data.prepared_dir={tmp_path / 'data'}", "sft.warmstart_dir=",
-                                         "trainer.total_steps=1", "weight_sync.backend=gloo",
+                                         "trainer.total_steps=1", "rollout.num_workers=1", "weight_sync.backend=gloo",
                                          "weight_sync.verify=every", "logging.progress=false"])
         summary = run_training(cfg)
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -243,8 +243,8 @@ def test_medr1_submit_smoke_config(ray_head, smoke_start, tmp_path, capsys):
     from pipelines.cli.main import main
 
     out = tmp_path / "smoke-run"
-    rc = main(["submit", "configs/smoke.yaml", f"trainer.output_dir={out}", *smoke_start, "--address",
-               ray_head["address"], "--no-wait"])
+    rc = main(["submit", "configs/smoke.yaml", f"trainer.output_dir={out}", *smoke_start, "rollout.num_workers=1",
+               "--address", ray_head["address"], "--no-wait"])
     printed = capsys.readouterr().out
     assert rc == 0, printed
     job_id = re.search(r"submitted job: (\S+)", printed).group(1)

@@ -183,7 +183,8 @@ def test_reduced_protocol_end_to_end(smoke_start, tmp_path):
     equal the traces'."""
     from pipelines.config import load_config
 
-    cfg = load_config("smoke", [*smoke_start, f"trainer.output_dir={tmp_path / 'run'}",
+    # One rollout actor per cell: each actor's start-up (vLLM's import) is most of a cell on 2 cores.
+    cfg = load_config("smoke", [*smoke_start, f"trainer.output_dir={tmp_path / 'run'}", "rollout.num_workers=1",
                                 "logging.progress=false", "logging.tensorboard=false", "logging.ray_metrics=false",
                                 "eval.max_samples=4"])
     warm = cfg.sft.warmstart_dir

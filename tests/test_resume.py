@@ -6,25 +6,22 @@ import json
 
 import pytest
 
+from tests.conftest import SMOKE_RUN_OVERRIDES
+
 pytestmark = pytest.mark.slow
 
 
 def _cfg(start, out, extra=()):
+    """The session smoke run's config (tests/conftest.py) with another output dir and ``extra``."""
     from pipelines.config import load_config
 
-    return load_config("smoke.yaml", [
-        f"trainer.output_dir={out}", *start, "logging.progress=false", "logging.tensorboard=false",
-        "eval.max_samples=2", "trainer.save_every=1", *extra])
+    return load_config("smoke.yaml", [f"trainer.output_dir={out}", *start, *SMOKE_RUN_OVERRIDES, *extra])
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory, smoke_start):
-    """One uninterrupted 2-step run (checkpoints step_1 and final), shared: each smoke run costs minutes."""
-    from pipelines.training.grpo_loop import run_training
-
-    base = tmp_path_factory.mktemp("resume")
-    run_training(_cfg(smoke_start, base / "full"))
-    return base
+def full_run(smoke_run):
+    """The uninterrupted 2-step run (checkpoints step_1 and final) in ``<root>/full``: the session's smoke run."""
+    return smoke_run.root
 
 
 def test_resume_reaches_the_same_weights(full_run, smoke_start):

@@ -12,19 +12,14 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def test_smoke_run(tmp_path, ray_session):
+def test_smoke_run(smoke_run):
+    """The session's smoke run (tests/conftest.py: built from nothing, a checkpoint each step)."""
     import pyarrow.parquet as pq
 
-    from pipelines.config import load_config
     from pipelines.models.tiny import is_model_dir
     from pipelines.traces import read_traces
-    from pipelines.training.grpo_loop import run_training
 
-    out = tmp_path / "run"
-    cfg = load_config("smoke.yaml", [f"trainer.output_dir={out}", f"model.path={tmp_path / 'model'}",
-                                     f"data.prepared_dir={tmp_path / 'data'}", f"sft.warmstart_dir={tmp_path / 'warm'}",
-                                     "logging.progress=false"])
-    summary = run_training(cfg)
+    out, cfg, summary, tmp_path = smoke_run.out, smoke_run.cfg, smoke_run.summary, smoke_run.root
 
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
