@@ -112,7 +112,7 @@ def train_one(model_dir: str, train, test, target, steps: int, batch: int, lr: f
 
 
 def build_bases(tmp: str, model: str | None, pretrain_steps: int, pretrain_per_cell: int,
-                reading: float = 0.0) -> dict[str, str]:
+                reading: float = 0.0, text_reading: float = 0.0) -> dict[str, str]:
     """{"random": dir} (or the given --model), plus {"captioned": dir} when ``pretrain_steps`` > 0."""
     from omegaconf import OmegaConf
 
@@ -127,6 +127,7 @@ def build_bases(tmp: str, model: str | None, pretrain_steps: int, pretrain_per_c
     if pretrain_steps > 0:
         pre = OmegaConf.structured(CaptionPretrainConfig)
         pre.enabled, pre.steps, pre.per_cell, pre.reading = True, pretrain_steps, pretrain_per_cell, reading
+        pre.text_reading = text_reading
         t0 = time.perf_counter()
         bases["captioned"] = str(build_base(Path(tmp) / "captioned", tiny, pre, min_pixels=3136,
                                             max_pixels=112 * 112))
@@ -178,6 +179,8 @@ def main() -> int:
                     help="> 0: also caption-pretrain a copy of the base this many steps and train both side by side")
     ap.add_argument("--pretrain-per-cell", type=int, default=40, help="caption pool images per cell")
     ap.add_argument("--pretrain-reading", type=float, default=0.0, help="share of reading items in pretraining")
+    ap.add_argument("--pretrain-text-reading", type=float, default=0.0,
+                    help="text-only reading items added to each pretraining batch, as a share of its size")
     args = ap.parse_args()
 
     from tqdm import tqdm
@@ -191,7 +194,8 @@ def main() -> int:
     chosen = [t.strip() for t in args.targets.split(",") if t.strip()]
     curves, seconds, by_type, perception = {}, {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        bases = build_bases(tmp, args.model, args.pretrain_steps, args.pretrain_per_cell, args.pretrain_reading)
+        bases = build_bases(tmp, args.model, args.pretrain_steps, args.pretrain_per_cell, args.pretrain_reading,
+                            args.pretrain_text_reading)
         reading = {b: probe(d, test) for b, d in bases.items()}
         runs = [(b, t) for b in bases for t in chosen] if args.steps > 0 else []
         for base, name in tqdm(runs, desc="targets", unit="target"):

@@ -102,6 +102,9 @@ class WandbMode(enum.StrEnum):
 class WarmstartReasoning(enum.StrEnum):
     fixed = "fixed"  # sft.reasoning, the same sentence for every record
     own_caption = "own_caption"  # the base model's own description of the image (its words, no labels)
+    # the base's own answer to the pretraining reading instruction on the record's option list: its
+    # description, then the listed term it names and that term's letter (its words, no labels)
+    own_reading = "own_reading"
 
 
 class SFTTarget(enum.StrEnum):

@@ -26,6 +26,9 @@ def validate(cfg: Any) -> None:
         problems.append("reward.num_workers must be >= 1")
     if not 0.0 <= cfg.model.pretrain.reading <= 1.0:
         problems.append(f"model.pretrain.reading is a share of each batch: in [0, 1] (got {cfg.model.pretrain.reading})")
+    if not 0.0 <= cfg.model.pretrain.text_reading <= 4.0:
+        problems.append("model.pretrain.text_reading adds that share of each batch's size as text-only items: "
+                        f"in [0, 4] (got {cfg.model.pretrain.text_reading})")
     if cfg.learner.max_tokens_per_micro_batch < 0:
         problems.append("learner.max_tokens_per_micro_batch must be >= 0 (0: micro_batch_size samples per micro-batch)")
     if cfg.learner.zero_stage not in (0, 1, 2, 3):

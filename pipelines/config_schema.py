@@ -72,6 +72,9 @@ class CaptionPretrainConfig:
     # Share of each batch that is a reading item (pipelines/data/caption_reading.py): the caption,
     # then the letter of the listed term it names; what lets the base match its words to options.
     reading: float = 0.0
+    # Text-only reading items added to each batch, as a share of batch_size: a caption given as
+    # text, then the term it names and its letter (the matching alone; cheap without an image).
+    text_reading: float = 0.0
 
 
 @dataclass

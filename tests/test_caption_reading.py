@@ -57,13 +57,13 @@ def test_reading_items_are_deterministic_by_seed():
 
 
 def test_no_benchmark_question_or_task_prompt_appears_in_pretraining_text():
-    from pipelines.data.caption_reading import LEADS, READ_INSTRUCTIONS
+    from pipelines.data.caption_reading import LEADS, READ_INSTRUCTIONS, TEXT_INSTRUCTIONS
     from pipelines.data.captions import DESCRIBE_PROMPT
     from pipelines.data.synthetic import TEMPLATES
     from pipelines.prompts import PROMPTS
 
     _, items = _items(per_cell=4)
-    texts = [x.instruction for x in items] + [x.target for x in items] + list(READ_INSTRUCTIONS) + [DESCRIBE_PROMPT]
+    texts = [x.instruction for x in items] + [x.target for x in items] + list(READ_INSTRUCTIONS) + list(TEXT_INSTRUCTIONS) + [DESCRIBE_PROMPT]
     questions = {t.format(mod=m).lower() for ts in TEMPLATES.values() for t in ts for m in ("CT", "MRI", "")}
     # The task prompts' fixed wording (the part after "{question}").
     tasks = {p.split("{question}")[1].strip()[:40].lower() for p in PROMPTS.values()}
@@ -72,7 +72,7 @@ def test_no_benchmark_question_or_task_prompt_appears_in_pretraining_text():
         assert not any(q in low for q in questions), text
         assert not any(t in low for t in tasks), text
         assert "<answer>" not in low and "<think>" not in low
-    assert all("{L}" in lead for lead in LEADS)
+    assert all(lead.endswith("{L}") and "{T}" in lead for lead in LEADS)
 
 
 @pytest.mark.parametrize("text,letter", [("A CT scan. Letter: B", "B"), ("Mentioned: C.", "C"),
@@ -136,7 +136,7 @@ def test_reading_share_is_checked_and_old_bases_count_as_reading_zero(tmp_path):
         load_config("configs/tiny_cpu_reasoning.yaml", ["model.pretrain.reading=1.5"])
     pre = OmegaConf.structured(CaptionPretrainConfig)
     pre.enabled = True
-    old = {k: getattr(pre, k) for k in ("seed", "per_cell", "steps", "batch_size", "lr")}  # no "reading" key
+    old = {k: getattr(pre, k) for k in ("seed", "per_cell", "steps", "batch_size", "lr")}  # no reading keys
     (tmp_path / "medr1_pretrain.json").write_text(json.dumps(old))
     check_cached_base(tmp_path, pre)  # reading 0.0: what it was built with
     pre.reading = 0.5
@@ -160,3 +160,38 @@ def test_reading_probe_scores_every_record_by_question_type(tmp_path):
     assert {q: t["n"] for q, t in table.items()} == want
     for t in table.values():
         assert all(0.0 <= t[k] <= 1.0 for k in ("accuracy", "names_answer", "reads"))
+
+
+def test_text_items_carry_no_image_and_restate_the_term_before_its_letter():
+    from pipelines.data.caption_reading import phrase_pool, text_item
+    from pipelines.data.captions import build_caption_pool
+    from pipelines.data.schema import LETTERS
+    import random
+
+    rng, phrases = random.Random(0), phrase_pool()
+    for cap in build_caption_pool(seed=3, per_cell=1):
+        it = text_item(cap, rng, phrases)
+        term = it.terms[LETTERS.index(it.letter)]
+        assert it.image is None and cap.caption in it.instruction
+        assert f"{it.letter}){term}" in it.instruction
+        # the term, then its letter, last: the letter weight scores the token before the eos
+        assert re.search(rf"{re.escape(term)}(\W+\w+){{0,3}}\W+{it.letter}$", it.target), it.target
+
+
+def test_a_batch_mixing_text_only_and_image_items_has_one_loss(tmp_path):
+    import random
+
+    import torch
+
+    from pipelines.data.caption_reading import phrase_pool, text_item
+    from pipelines.models.pretrain import _load, caption_loss
+    from pipelines.models.tiny import build_tiny_model
+
+    build_tiny_model(tmp_path, tiny_dims(num_hidden_layers=1, vision_depth=1), 3136, TEST_MAX_PIXELS)
+    proc, model = _load(tmp_path)
+    pool, items = _items(per_cell=1)
+    texts = [text_item(c, random.Random(1), phrase_pool()) for c in pool[:2]]
+    with torch.no_grad():
+        mixed = float(caption_loss(model.eval(), proc, [items[0], pool[1], *texts]))
+        only_text = float(caption_loss(model, proc, texts))
+    assert 0 < mixed and 0 < only_text and mixed != only_text

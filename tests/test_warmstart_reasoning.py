@@ -40,3 +40,14 @@ def test_limit_records_spreads_over_the_list():
     assert limit_records(list(range(10)), 3) == [0, 3, 6]
     assert limit_records(list(range(4)), None) == [0, 1, 2, 3]
     assert limit_records(list(range(4)), 9) == [0, 1, 2, 3]
+
+
+def test_own_reading_answers_each_records_option_list(tiny_model_dir):
+    from pipelines.config import load_config
+    from pipelines.data.synthetic import build_synthetic
+    from pipelines.training.sft import own_reasonings
+
+    cfg = load_config("tiny_cpu_reasoning.yaml", ["logging.progress=false", "sft.warmstart_reasoning=own_reading"])
+    recs = build_synthetic(per_cell=1)["train"][:3]
+    got = own_reasonings(cfg, str(tiny_model_dir), recs)
+    assert list(got) == [r.id for r in recs] and all(isinstance(v, str) for v in got.values())

@@ -1,5 +1,5 @@
-"""Reading items for pretraining the tiny base: describe the image, then give the letter of the
-listed term the description uses.
+"""Reading items for pretraining the tiny base: describe the image, then give the listed term the
+description uses and its letter.
 
 A real base (Qwen2-VL-2B) comes able to *read*: to match a phrase in its context to the
 listed item that says it. A model pretrained on captions alone never learns that, so it
@@ -7,7 +7,8 @@ cannot tie what its ``<think>`` says to the letter of a shuffled option (issue 1
 measurements). These items teach that skill on the caption pool alone: the list holds one
 fact the caption names and other phrases of the same kind that the pool's captions use
 (other modalities, organs, findings, grades, positions), in a random order, and the
-target is the caption followed by that fact's letter. The instructions are this file's
+target is the caption, then that fact said again and its letter. Text-only items give the
+caption as text and ask only for the term and its letter. The instructions are this file's
 own, none of the benchmark's questions; no benchmark image is used (the pool's images
 come from other random streams). Deterministic by seed.
 """
@@ -27,14 +28,25 @@ READ_INSTRUCTIONS = (
     "Listed terms: {terms}. Write a description of the image and end with the letter of the term in it.",
     "Caption the image, then pick the term from this list that the caption contains: {terms}.",
 )
-# Varied lead-ins before the letter, so the skill is tied to no one surface form.
-LEADS = ("Letter: {L}", "Term {L}.", "The listed term is {L}.", "So: {L}", "Mentioned: {L}")
+# Text-only reading: the words to read are given, not the image's own caption. Cheap (no image)
+# and the matching on its own, so a few thousand items teach it; the same leads close them.
+TEXT_INSTRUCTIONS = (
+    "Terms: {terms}. Text: {text} Which listed term does the text use? Give its letter.",
+    "Listed terms: {terms}. Read this: {text} Name the term it mentions and its letter.",
+    "{text} Of the terms {terms}, which one appears above? Answer with the term and its letter.",
+)
+# Varied lead-ins before the letter, so the skill is tied to no one surface form. Each says the
+# term again just before its letter: the letter is then the token before that term in the list,
+# a two-step lookup (the term, then its letter) a small transformer learns far sooner than
+# finding the term inside a whole caption and its letter in one step. The letter comes last.
+LEADS = ("{T}: {L}", "The listed term is {T}, letter {L}", "It names {T}, so {L}", "Mentioned: {T} = {L}",
+         "{T} is listed as {L}")
 
 
 @dataclass(frozen=True)
 class ReadingItem:
     id: str
-    image: bytes  # PNG
+    image: bytes | None  # PNG; None for a text-only item
     instruction: str  # the user turn's text (after the image)
     target: str  # the caption, then the lead-in and the letter
     letter: str
@@ -64,9 +76,9 @@ def _others(item: Captioned, qtype: str, rng: random.Random, phrases: dict[str, 
     return own if rng.random() < 0.75 else phrases[qtype]
 
 
-def reading_item(item: Captioned, rng: random.Random, phrases: dict[str, list[str]]) -> ReadingItem:
-    """One reading item on ``item``: a fact its caption names, listed among 1-3 others its caption
-    does not name, shuffled."""
+def _listing(item: Captioned, rng: random.Random, phrases: dict[str, list[str]]):
+    """A fact ``item``'s caption names, listed among 1-3 others its caption does not name, shuffled:
+    (fact type, terms, the fact's letter, the lettered list, the lead-in that closes the target)."""
     facts = dict(item.facts)
     qtype = rng.choice(sorted(facts))
     answer = facts[qtype]
@@ -77,9 +89,22 @@ def reading_item(item: Captioned, rng: random.Random, phrases: dict[str, list[st
     rng.shuffle(terms)
     letter = LETTERS[terms.index(answer)]
     listing = ", ".join(f"{LETTERS[i]}){t}" for i, t in enumerate(terms))
+    return qtype, tuple(terms), letter, listing, rng.choice(LEADS).format(T=answer, L=letter)
+
+
+def reading_item(item: Captioned, rng: random.Random, phrases: dict[str, list[str]]) -> ReadingItem:
+    """One reading item on ``item``'s image: describe it, then the term its caption names and that term's letter."""
+    qtype, terms, letter, listing, lead = _listing(item, rng, phrases)
     return ReadingItem(id=item.id + "-read", image=item.image, instruction=rng.choice(READ_INSTRUCTIONS).format(
-        terms=listing), target=f"{item.caption} {rng.choice(LEADS).format(L=letter)}", letter=letter,
-        terms=tuple(terms), fact_type=qtype)
+        terms=listing), target=f"{item.caption} {lead}", letter=letter, terms=terms, fact_type=qtype)
+
+
+def text_item(item: Captioned, rng: random.Random, phrases: dict[str, list[str]]) -> ReadingItem:
+    """One text-only reading item (no image): ``item``'s caption is given; the target is the term it
+    names and that term's letter."""
+    qtype, terms, letter, listing, lead = _listing(item, rng, phrases)
+    return ReadingItem(id=item.id + "-text", image=None, instruction=rng.choice(TEXT_INSTRUCTIONS).format(
+        terms=listing, text=item.caption), target=lead, letter=letter, terms=terms, fact_type=qtype)
 
 
 def reading_items(pool: list[Captioned], seed: int) -> list[ReadingItem]:

@@ -17,7 +17,7 @@ from pipelines.models.pretrain import pretrain_captioning, pretrained_settings
 from pipelines.models.tiny import build_tiny_model
 
 log = logging.getLogger(__name__)
-PRETRAIN_KEYS = ("seed", "per_cell", "steps", "batch_size", "lr", "reading")
+PRETRAIN_KEYS = ("seed", "per_cell", "steps", "batch_size", "lr", "reading", "text_reading")
 
 
 def wanted_pretrain(pre) -> dict | None:
@@ -29,8 +29,8 @@ def check_cached_base(path: Path, pre) -> None:
     wanted, built = wanted_pretrain(pre), pretrained_settings(path)
     if wanted is None:
         return  # no pretraining asked for: any model the user points at is theirs
-    # A base built before ``reading`` existed had none.
-    got = {k: built.get(k, 0.0 if k == "reading" else None) for k in PRETRAIN_KEYS} if built else None
+    # A base built before ``reading`` or ``text_reading`` existed had none.
+    got = {k: built.get(k, 0.0 if "reading" in k else None) for k in PRETRAIN_KEYS} if built else None
     if got != wanted:
         what = "without caption pretraining" if built is None else f"with pretraining {got}"
         raise UserError(f"the model in {path} was built {what}; model.pretrain asks for {wanted}. "
@@ -50,7 +50,7 @@ def build_base(path: str | Path, tiny, pre, *, min_pixels: int, max_pixels: int,
                  pre.steps, pre.batch_size, pre.per_cell)
         pretrain_captioning(staging, seed=pre.seed, per_cell=pre.per_cell, steps=pre.steps,
                             batch_size=pre.batch_size, lr=pre.lr, progress=progress, check_per_cell=check_per_cell,
-                            reading=pre.reading)
+                            reading=pre.reading, text_reading=pre.text_reading)
     if path.exists():
         shutil.rmtree(path)
     staging.rename(path)

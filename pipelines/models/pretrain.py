@@ -23,7 +23,7 @@ from tqdm import tqdm
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from learner.image_codec import decode_image
-from pipelines.data.caption_reading import phrase_pool, reading_item
+from pipelines.data.caption_reading import phrase_pool, reading_item, text_item
 from pipelines.data.captions import DESCRIBE_PROMPT, build_caption_pool
 from rewards.faithfulness import names_option
 
@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 MARKER = "medr1_pretrain.json"
 
 
-def describe_prompt(processor, text: str = DESCRIBE_PROMPT) -> str:
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+def describe_prompt(processor, text: str = DESCRIBE_PROMPT, image: bool = True) -> str:
+    content = [{"type": "image"}] if image else []
+    messages = [{"role": "user", "content": [*content, {"type": "text", "text": text}]}]
     return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
@@ -48,8 +49,9 @@ def caption_loss(model, proc, items, eos: str = "<|im_end|>", letter_weight: flo
     item (describe -> caption) or a reading item (list + instruction -> caption, letter). A reading
     item's letter gets ``letter_weight`` more: one token among ~30, it is the skill being taught."""
     turns = [(getattr(it, "instruction", DESCRIBE_PROMPT), getattr(it, "target", None) or it.caption) for it in items]
-    texts = [describe_prompt(proc, text) + target + eos for text, target in turns]
-    enc = proc(text=texts, images=[decode_image(it.image) for it in items], return_tensors="pt", padding=True)
+    texts = [describe_prompt(proc, text, it.image is not None) + target + eos for it, (text, target) in zip(items, turns)]
+    images = [decode_image(it.image) for it in items if it.image is not None]
+    enc = proc(text=texts, images=images or None, return_tensors="pt", padding=True)
     labels = torch.full_like(enc["input_ids"], -100)
     letter_rows = []
     for row, (_, target) in enumerate(turns):
@@ -70,11 +72,12 @@ def caption_loss(model, proc, items, eos: str = "<|im_end|>", letter_weight: flo
 def pretrain_captioning(model_dir: str | Path, *, seed: int = 1000, per_cell: int = 40, steps: int = 600,
                         batch_size: int = 16, lr: float = 1e-3, image_size: int = 112,
                         progress: bool = True, max_seconds: float = 0.0, check_per_cell: int = 2,
-                        reading: float = 0.0) -> dict:
+                        reading: float = 0.0, text_reading: float = 0.0) -> dict:
     """Train ``model_dir``'s weights in place on captions; writes ``medr1_pretrain.json``; returns it.
 
     ``reading``: the share of each batch that is a reading item (``pipelines/data/caption_reading.py``) on
-    the same pool images; the rest is plain captioning. ``max_seconds`` > 0 stops early (for exploring; the build itself uses a fixed step count, so a
+    the same pool images; the rest is plain captioning. ``text_reading``: that share of ``batch_size`` again,
+    as text-only reading items added to each batch (the matching alone, on the pool's captions). ``max_seconds`` > 0 stops early (for exploring; the build itself uses a fixed step count, so a
     seed gives the same weights on any machine)."""
     t0 = time.perf_counter()
     torch.manual_seed(seed)
@@ -86,7 +89,7 @@ def pretrain_captioning(model_dir: str | Path, *, seed: int = 1000, per_cell: in
         opt, lambda s: min(1.0, (s + 1) / 30) * (0.55 + 0.45 * torch.cos(torch.tensor(s / steps * 3.14159)).item()))
     rng = random.Random(seed)
     read_rng, phrases = random.Random(seed + 1), phrase_pool()
-    n_read = round(batch_size * reading)
+    n_read, n_text = round(batch_size * reading), round(batch_size * text_reading)
     order: list[int] = []
     losses = []
     bar = tqdm(range(steps), desc="caption pretraining", unit="step", disable=not progress)
@@ -97,7 +100,8 @@ def pretrain_captioning(model_dir: str | Path, *, seed: int = 1000, per_cell: in
             order.extend(perm)
         batch, order = [pool[i] for i in order[:batch_size]], order[batch_size:]
         # A fresh list for each reading item, so no list is learned by heart.
-        batch = [reading_item(it, read_rng, phrases) for it in batch[:n_read]] + batch[n_read:]
+        batch = ([reading_item(it, read_rng, phrases) for it in batch[:n_read]] + batch[n_read:]
+                 + [text_item(pool[read_rng.randrange(len(pool))], read_rng, phrases) for _ in range(n_text)])
         loss = caption_loss(model, proc, batch)
         opt.zero_grad()
         loss.backward()
@@ -115,7 +119,7 @@ def pretrain_captioning(model_dir: str | Path, *, seed: int = 1000, per_cell: in
     perception = perception_by_type(describe(model_dir, [h.image for h in held], progress=False, model=model,
                                              proc=proc), held) if held else {}
     record = {"seed": seed, "per_cell": per_cell, "steps": len(losses), "batch_size": batch_size, "lr": lr,
-              "reading": reading,
+              "reading": reading, "text_reading": text_reading,
               "image_size": image_size, "pool_images": len(pool),
               "final_loss": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 4),
               "seconds": round(time.perf_counter() - t0, 1),
@@ -134,16 +138,17 @@ def pretrained_settings(model_dir: str | Path) -> dict | None:
 
 @torch.no_grad()
 def describe(model_dir: str | Path, images: list[bytes], *, max_new_tokens: int = 40, batch_size: int = 32,
-             progress: bool = True, model=None, proc=None) -> list[str]:
-    """The model's own greedy description of each PNG image (special tokens dropped)."""
+             progress: bool = True, model=None, proc=None, instructions: list[str] | None = None) -> list[str]:
+    """The model's own greedy description of each PNG image (special tokens dropped); ``instructions``:
+    the user turn for each image instead of the describe prompt."""
     if model is None:
         proc, model = _load(model_dir)
     model.eval()
-    prompt = describe_prompt(proc)
+    prompts = [describe_prompt(proc, t) for t in instructions] if instructions else [describe_prompt(proc)] * len(images)
     out: list[str] = []
     for i in tqdm(range(0, len(images), batch_size), desc="describing images", unit="batch", disable=not progress):
         chunk = images[i:i + batch_size]
-        enc = proc(text=[prompt] * len(chunk), images=[decode_image(b) for b in chunk], return_tensors="pt",
+        enc = proc(text=prompts[i:i + batch_size], images=[decode_image(b) for b in chunk], return_tensors="pt",
                    padding=True)
         gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
         new = gen[:, enc["input_ids"].shape[1]:]

@@ -60,14 +60,24 @@ def limit_records(records: list, n: int | None) -> list:
 
 
 def own_reasonings(cfg, model_path: str, records: list) -> dict[str, str] | None:
-    """With ``sft.warmstart_reasoning=own_caption``: the base model's own greedy description of each
-    record's image (no label, question or option goes in), by record id; else None."""
-    if str(cfg.sft.warmstart_reasoning) != "own_caption":
+    """The base model's own greedy words for each record, by record id, or None (``sft.warmstart_reasoning=fixed``).
+    ``own_caption``: its description of the image (no label, question or option goes in). ``own_reading``: its
+    answer to the pretraining reading instruction on the record's option list (the description, then the listed
+    term it names and that term's letter; no label goes in)."""
+    mode = str(cfg.sft.warmstart_reasoning)
+    if mode not in ("own_caption", "own_reading"):
         return None
     from pipelines.models.pretrain import describe  # torch generation in this process
 
     records = limit_records(records, cfg.sft.max_records)
-    texts = describe(model_path, [read_image_bytes(r.image) for r in records], progress=cfg.logging.progress)
+    instructions = None
+    if mode == "own_reading":
+        from pipelines.data.caption_reading import READ_INSTRUCTIONS
+        from pipelines.prompts import format_options
+
+        instructions = [READ_INSTRUCTIONS[0].format(terms=format_options(list(r.options))) for r in records]
+    texts = describe(model_path, [read_image_bytes(r.image) for r in records], progress=cfg.logging.progress,
+                     instructions=instructions, max_new_tokens=56 if instructions else 40)
     return {r.id: t for r, t in zip(records, texts)}
 
 
