@@ -7,6 +7,7 @@ every ``--every`` steps on held-out items (other caption-pool seeds): how often 
 right term, and how often its letter is that term's. No image, no benchmark record.
 
     .venv/bin/python bench/bench_text_reading.py --steps 900 --batch 32 --lr 1e-3
+    .venv/bin/python bench/bench_text_reading.py --steps 600 --lead "{T}: {L}"   # one lead-in only
 """
 from __future__ import annotations
 
@@ -27,7 +28,13 @@ def main() -> int:
     ap.add_argument("--every", type=int, default=150)
     ap.add_argument("--test", type=int, default=64, help="held-out items scored at each checkpoint")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lead", action="append", default=None,
+                    help="a lead-in with {T} (the term) and {L} (its letter) instead of the built-in ones; repeatable")
     args = ap.parse_args()
+    if args.lead:
+        from pipelines.data import caption_reading
+
+        caption_reading.LEADS = tuple(args.lead)  # read at each item's draw
 
     from omegaconf import OmegaConf
 
@@ -74,7 +81,8 @@ def main() -> int:
             opt.step()
             if s % args.every == 0 or s == args.steps:
                 rows.append((s, *score(), (time.perf_counter() - t0) / 60))
-    print(f"\ntext-only reading, fresh tiny base, batch {args.batch}, lr {args.lr} (n={len(test)} held-out items)")
+    print(f"\ntext-only reading, fresh tiny base, batch {args.batch}, lr {args.lr} (n={len(test)} held-out items)"
+          + (f", lead-ins {args.lead}" if args.lead else ""))
     print(f"{'step':>6} {'term right':>11} {'letter right':>13} {'minutes':>8}")
     for s, term, letter, minutes in rows:
         print(f"{s:>6} {term:>11.3f} {letter:>13.3f} {minutes:>8.1f}")
