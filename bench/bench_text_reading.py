@@ -31,15 +31,11 @@ def main() -> int:
     ap.add_argument("--lead", action="append", default=None,
                     help="a lead-in with {T} (the term) and {L} (its letter) instead of the built-in ones; repeatable")
     args = ap.parse_args()
-    if args.lead:
-        from pipelines.data import caption_reading
-
-        caption_reading.LEADS = tuple(args.lead)  # read at each item's draw
 
     from omegaconf import OmegaConf
 
     from pipelines.config import TinyModelConfig
-    from pipelines.data.caption_reading import phrase_pool, text_item
+    from pipelines.data.caption_reading import LEADS, phrase_pool, text_item
     from pipelines.data.captions import build_caption_pool
     from pipelines.data.schema import LETTERS
     from pipelines.models.pretrain import _load, caption_loss, describe_prompt
@@ -47,10 +43,10 @@ def main() -> int:
     from pipelines.models.tiny import build_tiny_model
 
     torch.manual_seed(args.seed)
-    rng, phrases = random.Random(args.seed), phrase_pool()
+    rng, phrases, leads = random.Random(args.seed), phrase_pool(), tuple(args.lead or LEADS)
     pool = build_caption_pool(seed=1000, per_cell=20)
     held = build_caption_pool(seed=1001, per_cell=max(1, args.test // 40 + 1))
-    test = [text_item(c, random.Random(i), phrases) for i, c in enumerate(held)][: args.test]
+    test = [text_item(c, random.Random(i), phrases, leads) for i, c in enumerate(held)][: args.test]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         build_tiny_model(tmp, OmegaConf.structured(TinyModelConfig), 3136, 112 * 112)
@@ -73,7 +69,7 @@ def main() -> int:
         rows.append((0, *score(), 0.0))
         model.train()
         for s in tqdm(range(1, args.steps + 1), desc="text reading", unit="step"):
-            batch = [text_item(pool[rng.randrange(len(pool))], rng, phrases) for _ in range(args.batch)]
+            batch = [text_item(pool[rng.randrange(len(pool))], rng, phrases, leads) for _ in range(args.batch)]
             loss = caption_loss(model, proc, batch)
             opt.zero_grad()
             loss.backward()

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pipelines.data.captions import Captioned
 from pipelines.data.schema import LETTERS, QUESTION_TYPES
 from pipelines.data.synthetic import SPECS
+from pipelines.prompts import format_options
 from rewards.faithfulness import names_option
 
 READ_INSTRUCTIONS = (
@@ -28,6 +29,15 @@ READ_INSTRUCTIONS = (
     "Listed terms: {terms}. Write a description of the image and end with the letter of the term in it.",
     "Caption the image, then pick the term from this list that the caption contains: {terms}.",
 )
+# Tokens a reading answer needs: a 15-40 token description, then the term and its letter.
+READ_MAX_NEW_TOKENS = 56
+
+
+def read_instruction(options: list[str]) -> str:
+    """The reading instruction on a benchmark record's option list (the probe's, and own_reading's)."""
+    return READ_INSTRUCTIONS[0].format(terms=format_options(list(options)))
+
+
 # Text-only reading: the words to read are given, not the image's own caption. Cheap (no image)
 # and the matching on its own, so a few thousand items teach it; the same leads close them.
 TEXT_INSTRUCTIONS = (
@@ -76,7 +86,7 @@ def _others(item: Captioned, qtype: str, rng: random.Random, phrases: dict[str, 
     return own if rng.random() < 0.75 else phrases[qtype]
 
 
-def _listing(item: Captioned, rng: random.Random, phrases: dict[str, list[str]]):
+def _listing(item: Captioned, rng: random.Random, phrases: dict[str, list[str]], leads: tuple[str, ...] = LEADS):
     """A fact ``item``'s caption names, listed among 1-3 others its caption does not name, shuffled:
     (fact type, terms, the fact's letter, the lettered list, the lead-in that closes the target)."""
     facts = dict(item.facts)
@@ -89,7 +99,7 @@ def _listing(item: Captioned, rng: random.Random, phrases: dict[str, list[str]])
     rng.shuffle(terms)
     letter = LETTERS[terms.index(answer)]
     listing = ", ".join(f"{LETTERS[i]}){t}" for i, t in enumerate(terms))
-    return qtype, tuple(terms), letter, listing, rng.choice(LEADS).format(T=answer, L=letter)
+    return qtype, tuple(terms), letter, listing, rng.choice(leads).format(T=answer, L=letter)
 
 
 def reading_item(item: Captioned, rng: random.Random, phrases: dict[str, list[str]]) -> ReadingItem:
@@ -99,10 +109,11 @@ def reading_item(item: Captioned, rng: random.Random, phrases: dict[str, list[st
         terms=listing), target=f"{item.caption} {lead}", letter=letter, terms=terms, fact_type=qtype)
 
 
-def text_item(item: Captioned, rng: random.Random, phrases: dict[str, list[str]]) -> ReadingItem:
+def text_item(item: Captioned, rng: random.Random, phrases: dict[str, list[str]],
+              leads: tuple[str, ...] = LEADS) -> ReadingItem:
     """One text-only reading item (no image): ``item``'s caption is given; the target is the term it
-    names and that term's letter."""
-    qtype, terms, letter, listing, lead = _listing(item, rng, phrases)
+    names and that term's letter, closed by one of ``leads``."""
+    qtype, terms, letter, listing, lead = _listing(item, rng, phrases, leads)
     return ReadingItem(id=item.id + "-text", image=None, instruction=rng.choice(TEXT_INSTRUCTIONS).format(
         terms=listing, text=item.caption), target=lead, letter=letter, terms=terms, fact_type=qtype)
 

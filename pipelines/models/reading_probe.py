@@ -14,10 +14,9 @@ import re
 import torch
 
 from learner.image_codec import decode_image
-from pipelines.data.caption_reading import READ_INSTRUCTIONS
+from pipelines.data.caption_reading import READ_MAX_NEW_TOKENS, read_instruction
 from pipelines.data.schema import LETTERS
 from pipelines.models.pretrain import describe_prompt
-from pipelines.prompts import format_options
 from rewards.faithfulness import names_option
 
 _LAST_LETTER = re.compile(r"(?<![A-Za-z])([A-H])(?![A-Za-z])[^A-Za-z]*$")
@@ -39,14 +38,14 @@ def score_reading(text: str, options: list[str], answer: str) -> dict:
 
 
 @torch.no_grad()
-def reading_probe(model, proc, records, *, max_new_tokens: int = 56, batch_size: int = 32) -> dict:
+def reading_probe(model, proc, records, *, max_new_tokens: int = READ_MAX_NEW_TOKENS,
+                  batch_size: int = 32) -> dict:
     """{question type: {"n", "accuracy", "names_answer", "reads"}} over ``records`` (greedy)."""
     model.eval()
     rows: dict[str, list[dict]] = {}
     for i in range(0, len(records), batch_size):
         chunk = records[i:i + batch_size]
-        texts = [describe_prompt(proc, READ_INSTRUCTIONS[0].format(terms=format_options(list(r.options))))
-                 for r in chunk]
+        texts = [describe_prompt(proc, read_instruction(r.options)) for r in chunk]
         enc = proc(text=texts, images=[decode_image(r.image) for r in chunk], return_tensors="pt", padding=True)
         gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
         outs = proc.tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)

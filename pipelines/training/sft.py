@@ -70,14 +70,14 @@ def own_reasonings(cfg, model_path: str, records: list) -> dict[str, str] | None
     from pipelines.models.pretrain import describe  # torch generation in this process
 
     records = limit_records(records, cfg.sft.max_records)
-    instructions = None
+    images = [read_image_bytes(r.image) for r in records]
     if mode == "own_reading":
-        from pipelines.data.caption_reading import READ_INSTRUCTIONS
-        from pipelines.prompts import format_options
+        from pipelines.data.caption_reading import READ_MAX_NEW_TOKENS, read_instruction
 
-        instructions = [READ_INSTRUCTIONS[0].format(terms=format_options(list(r.options))) for r in records]
-    texts = describe(model_path, [read_image_bytes(r.image) for r in records], progress=cfg.logging.progress,
-                     instructions=instructions, max_new_tokens=56 if instructions else 40)
+        texts = describe(model_path, images, progress=cfg.logging.progress, max_new_tokens=READ_MAX_NEW_TOKENS,
+                         instructions=[read_instruction(r.options) for r in records])
+    else:
+        texts = describe(model_path, images, progress=cfg.logging.progress)
     return {r.id: t for r, t in zip(records, texts)}
 
 
