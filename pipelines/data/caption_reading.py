@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pipelines.data.captions import Captioned
 from pipelines.data.schema import LETTERS, QUESTION_TYPES
 from pipelines.data.synthetic import SPECS
-from pipelines.prompts import format_options
 from rewards.faithfulness import names_option
 
 READ_INSTRUCTIONS = (
@@ -29,15 +28,6 @@ READ_INSTRUCTIONS = (
     "Listed terms: {terms}. Write a description of the image and end with the letter of the term in it.",
     "Caption the image, then pick the term from this list that the caption contains: {terms}.",
 )
-# Tokens a reading answer needs: a 15-40 token description, then the term and its letter.
-READ_MAX_NEW_TOKENS = 56
-
-
-def read_instruction(options: list[str]) -> str:
-    """The reading instruction on a benchmark record's option list (the probe's, and own_reading's)."""
-    return READ_INSTRUCTIONS[0].format(terms=format_options(list(options)))
-
-
 # Text-only reading: the words to read are given, not the image's own caption. Cheap (no image)
 # and the matching on its own, so a few thousand items teach it; the same leads close them.
 TEXT_INSTRUCTIONS = (

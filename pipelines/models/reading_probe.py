@@ -14,10 +14,20 @@ import re
 import torch
 
 from learner.image_codec import decode_image
-from pipelines.data.caption_reading import READ_MAX_NEW_TOKENS, read_instruction
+from pipelines.data.caption_reading import READ_INSTRUCTIONS
 from pipelines.data.schema import LETTERS
 from pipelines.models.pretrain import describe_prompt
+from pipelines.prompts import format_options
 from rewards.faithfulness import names_option
+
+# Tokens a reading answer needs: a 15-40 token description, then the term and its letter.
+READ_MAX_NEW_TOKENS = 56
+
+
+def read_instruction(options: list[str]) -> str:
+    """The reading instruction on a benchmark record's option list (the probe's, and own_reading's)."""
+    return READ_INSTRUCTIONS[0].format(terms=format_options(list(options)))
+
 
 _LAST_LETTER = re.compile(r"(?<![A-Za-z])([A-H])(?![A-Za-z])[^A-Za-z]*$")
 

@@ -72,7 +72,7 @@ def own_reasonings(cfg, model_path: str, records: list) -> dict[str, str] | None
     records = limit_records(records, cfg.sft.max_records)
     images = [read_image_bytes(r.image) for r in records]
     if mode == "own_reading":
-        from pipelines.data.caption_reading import READ_MAX_NEW_TOKENS, read_instruction
+        from pipelines.models.reading_probe import READ_MAX_NEW_TOKENS, read_instruction
 
         texts = describe(model_path, images, progress=cfg.logging.progress, max_new_tokens=READ_MAX_NEW_TOKENS,
                          instructions=[read_instruction(r.options) for r in records])
