@@ -80,8 +80,8 @@ class RolloutWorker:
     def init_weight_transfer_engine(self, init_info: dict) -> None:
         self.engine.init_weight_transfer_engine(init_info)
 
-    def start_weight_update(self) -> None:
-        self.engine.start_weight_update()
+    def start_weight_update(self) -> list | None:
+        return self.engine.start_weight_update()
 
     def update_weights(self, update_info) -> None:
         self.engine.update_weights(update_info)

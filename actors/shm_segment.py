@@ -42,15 +42,18 @@ class Layout:
                 "shapes": [list(x.shape) for x in s], "offsets": [x.offset for x in s]}
 
 
-def plan_layout(specs: list[tuple[str, str, tuple[int, ...]]], groups: list[list[str]], bucket_bytes: int
-                ) -> Layout:
+def plan_layout(specs: list[tuple[str, str, tuple[int, ...]]], groups: list[list[str]], bucket_bytes: int,
+                pad_rows: dict[str, int] | None = None) -> Layout:
     """Place ``specs`` (name, dtype name, shape) one after another, aligned, in ``groups`` order.
 
     A bucket closes before a group that would take it past ``bucket_bytes``, so a
     group (one decoder layer, as vLLM's ``layerwise_groups`` cuts them) is never split:
     when a worker's load call for a bucket returns, vLLM has seen every weight of
     those layers and processed them. A group larger than ``bucket_bytes`` is a bucket
-    of its own."""
+    of its own. Within a group, weights come before biases (``actors/shm_alias.py``).
+
+    ``pad_rows``: name -> a row multiple; that tensor is followed by unused (zero) bytes up to it, as
+    vLLM pads a vocabulary's rows, so the padded parameter can be a view of the segment too."""
     if bucket_bytes <= 0:
         raise ValueError(f"bucket_bytes must be positive (got {bucket_bytes})")
     index = {name: i for i, (name, _, _) in enumerate(specs)}
@@ -62,7 +65,9 @@ def plan_layout(specs: list[tuple[str, str, tuple[int, ...]]], groups: list[list
     buckets: list[list[int]] = []
     offset, current, current_bytes = 0, [], 0
     for group in groups:
-        members = [index[n] for n in group]
+        # Weights before biases (stable): q, k, v weights then sit back to back in the order vLLM fuses them
+        # into qkv_proj (gate, up into gate_up_proj), so the fused parameter can be a view of the segment.
+        members = sorted((index[n] for n in group), key=lambda i: specs[i][0].endswith("bias"))
         size = sum(Slot(*specs[i][:3], 0).nbytes for i in members)
         if current and current_bytes + size > bucket_bytes:
             buckets.append(current)
@@ -72,7 +77,9 @@ def plan_layout(specs: list[tuple[str, str, tuple[int, ...]]], groups: list[list
             slot = Slot(name, dtype, tuple(int(d) for d in shape), offset)
             current.append(len(slots))
             slots.append(slot)
-            offset += -(-slot.nbytes // ALIGN) * ALIGN
+            rows = (pad_rows or {}).get(name)
+            span = slot.nbytes if not rows or not shape else -(-shape[0] // rows) * rows * (slot.nbytes // shape[0])
+            offset += -(-span // ALIGN) * ALIGN
         current_bytes += size
     if current:
         buckets.append(current)

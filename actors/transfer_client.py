@@ -87,8 +87,9 @@ class RolloutClient:
             calls.append(h.init_weight_transfer_engine.remote(info))
         self._all("init_weight_transfer_engine", calls)
 
-    def start_weight_update(self) -> None:
-        self._all("start_weight_update", [h.start_weight_update.remote() for h in self.handles])
+    def start_weight_update(self) -> list:
+        """Each actor's answer (over shm: per worker, the tensors it need not load; else None)."""
+        return self._all("start_weight_update", [h.start_weight_update.remote() for h in self.handles])
 
     def update_weights(self, update_info) -> None:
         self._all("update_weights", [h.update_weights.remote(update_info) for h in self.handles])
@@ -148,7 +149,10 @@ class TrainerTransfer:
             self.engine.record = record
         self.engine.send_weights()
         nbytes = sum(m.dtype.itemsize * torch.Size(m.shape).numel() for m in self.source.metadata())
-        return {"bytes": nbytes, "seconds": time.perf_counter() - t0, "parts": dict(getattr(self.engine, "timings", {}))}
+        out = {"bytes": nbytes, "seconds": time.perf_counter() - t0, "parts": dict(getattr(self.engine, "timings", {}))}
+        if hasattr(self.engine, "in_place"):
+            out["in_place"] = self.engine.in_place
+        return out
 
     def shutdown(self) -> None:
         self.engine.shutdown()

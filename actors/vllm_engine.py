@@ -114,6 +114,7 @@ class RolloutEngine:
         from vllm.platforms import current_platform
 
         self.max_pixels = max_pixels
+        self.weight_sync = weight_sync
         quiet_per_push_logs()
         if current_platform.is_cpu():  # before the model is built (worker processes read it from the env)
             cpu_weights.keep_plain(cpu_linear == cpu_weights.PLAIN)
@@ -263,9 +264,12 @@ class RolloutEngine:
     def init_weight_transfer_engine(self, init_info: dict) -> None:
         self.llm.init_weight_transfer_engine({"init_info": init_info})
 
-    def start_weight_update(self) -> None:
+    def start_weight_update(self) -> list | None:
+        """Open an update. Over shm, also each worker's tensors that need no load (actors/shm_alias.py;
+        None: every tensor), so the learner calls the engines only for buckets that need loading."""
         with self._timed("start"):
             self.llm.start_weight_update()
+            return self.llm.collective_rpc("medr1_shm_skips") if self.weight_sync == "shm" else None
 
     def update_weights(self, update_info) -> None:
         with self._timed("load"):

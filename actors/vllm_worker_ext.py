@@ -24,6 +24,12 @@ class MedR1WorkerExtension:
         return {"params": params, "received": dict(getattr(engine, "received", {}) or {}),
                 "stale_kernels": stale_cpu_kernels(self.model_runner.model)}
 
+    def medr1_shm_skips(self) -> list[str] | None:
+        """The tensors this worker's shm engine reads from the segment itself (None: it loads them all)."""
+        engine = getattr(self, "weight_transfer_engine", None)
+        skips = getattr(engine, "skipped_names", None)
+        return skips() if skips is not None else None
+
     def medr1_param_names(self, names: list[str]) -> dict[str, str | None]:
         """Checkpoint name -> the vLLM parameter it loads into (None: none found), through the
         model's own name mapper and fused (packed) modules, e.g. q_proj -> qkv_proj."""

@@ -175,6 +175,8 @@ class BroadcastWeightSync(WeightSync):
         sent = self._run([w.push_weights.remote(version, self._record) for w in learners.workers],
                          f"pushing version {version}")
         parts = {f"push_sender_{k}_seconds": v for k, v in sent[0].get("parts", {}).items()}
+        if "in_place" in sent[0]:  # shm: tensors every engine reads from the segment itself (not loaded)
+            parts["push_in_place_tensors"] = sent[0]["in_place"]
         return {"push_bytes": sent[0]["bytes"], "push_send_seconds": sent[0]["seconds"], "failed_workers": [], **parts}
 
     def _rejoin(self, learners, workers: list, worker, version: int) -> None:

@@ -11,7 +11,8 @@ the learner's.
 
 Each engine is ``backend:cpu_linear`` (rollout.cpu_linear: ``plain`` weights a push copies
 into, or vLLM's oneDNN ``packed`` layout that each push rebuilds through the layer-wise
-reload), and each also samples the think shape (8 image prompts x G=4, 64 tokens) before
+reload; ``shm:plain:copy`` is shm with the engine's parameters kept apart from the segment,
+``shm:plain`` aliases them to it, actors/shm_alias.py), and each also samples the think shape (8 image prompts x G=4, 64 tokens) before
 its pushes, so a faster push is never bought with slower sampling unseen.
 
     python bench/bench_push.py [--sizes tiny medium] [--pushes 5] [--bucket-mb 64]
@@ -68,9 +69,10 @@ def bench_size(size: str, args) -> dict:
     rows = []
     try:
         for spec in args.engines:
-            backend, _, cpu_linear = spec.partition(":")
+            backend, _, rest = spec.partition(":")
+            cpu_linear, _, mode = rest.partition(":")
             try:
-                rows.append(_bench_backend(backend, cpu_linear or "plain", group, model, cores, args))
+                rows.append(_bench_backend(backend, cpu_linear or "plain", mode, group, model, cores, args))
             except Exception as e:  # noqa: BLE001  (one backend failing must not hide the others' figures)
                 rows.append({"backend": spec, "error": f"{type(e).__name__}: {e}"})
     finally:
@@ -107,18 +109,19 @@ def _sample_tok_s(worker, prompts: list[dict]) -> float:
     return best
 
 
-def _bench_backend(backend: str, cpu_linear: str, group, model: Path, cores: str, args) -> dict:
+def _bench_backend(backend: str, cpu_linear: str, mode: str, group, model: Path, cores: str, args) -> dict:
     import ray
 
     from actors.rollout import create_rollout_workers, wait_ready
+    from actors.shm_alias import ALIAS_ENV
     from actors.vllm_engine import cpu_engine_env
     from actors.weight_sync import make_weight_sync
     from cluster.ray_utils import kill_quietly
 
     kwargs = dict(model_path=str(model), max_model_len=1024, kv_cache_memory_bytes=64 << 20,
                   max_pixels=112 * 112, weight_sync=backend, cpu_linear=cpu_linear)
-    workers = create_rollout_workers(1, kwargs, num_cpus=1, env_vars=[cpu_engine_env(cores)],
-                                     name_prefix=f"bench-{backend}-{cpu_linear}")
+    env = {**cpu_engine_env(cores), **({ALIAS_ENV: "0"} if mode == "copy" else {})}
+    workers = create_rollout_workers(1, kwargs, num_cpus=1, env_vars=[env], name_prefix=f"bench-{backend}-{cpu_linear}-{mode}")
     try:
         wait_ready(workers)
         prompts = _prompts(model)
@@ -143,7 +146,7 @@ def _bench_backend(backend: str, cpu_linear: str, group, model: Path, cores: str
         ray.get(workers[0].ready.remote())
     finally:
         kill_quietly(workers)
-    return {"backend": f"{backend}:{cpu_linear}", "push_s": statistics.median(times), "push_s_all": times,
+    return {"backend": ":".join(filter(None, (backend, cpu_linear, mode))), "push_s": statistics.median(times), "push_s_all": times,
             "bytes": nbytes, "verified": True, "sample_tok_s": tok_s, "engine_parts_s": engine_parts,
             "sender_parts_s": {k: statistics.median(x) for k, x in sender.items()}}
 
@@ -172,8 +175,10 @@ def main() -> int:
     ap.add_argument("--sizes", nargs="*", choices=["tiny", "medium"], default=["tiny", "medium"])
     ap.add_argument("--pushes", type=int, default=5)
     ap.add_argument("--bucket-mb", type=int, default=64)
-    ap.add_argument("--engines", nargs="*", default=["object_store:plain", "gloo:plain", "shm:plain", "shm:packed"],
-                    help="backend:cpu_linear per engine (cpu_linear: plain or packed)")
+    ap.add_argument("--engines", nargs="*",
+                    default=["object_store:plain", "gloo:plain", "shm:plain:copy", "shm:plain", "shm:packed"],
+                    help="backend:cpu_linear[:copy] per engine (cpu_linear: plain or packed; copy: shm without "
+                         "aliasing the engine's parameters to the segment)")
     args = ap.parse_args()
 
     import ray

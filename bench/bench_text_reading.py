@@ -8,6 +8,7 @@ right term, and how often its letter is that term's. No image, no benchmark reco
 
     .venv/bin/python bench/bench_text_reading.py --steps 900 --batch 32 --lr 1e-3
     .venv/bin/python bench/bench_text_reading.py --steps 600 --lead "{T}: {L}"   # one lead-in only
+    .venv/bin/python bench/bench_text_reading.py --steps 600 --lead "{E}, so {L}"   # read the list out
 """
 from __future__ import annotations
 
@@ -28,8 +29,10 @@ def main() -> int:
     ap.add_argument("--every", type=int, default=150)
     ap.add_argument("--test", type=int, default=64, help="held-out items scored at each checkpoint")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-new-tokens", type=int, default=16, help="greedy answer length (48 for {E} lead-ins)")
     ap.add_argument("--lead", action="append", default=None,
-                    help="a lead-in with {T} (the term) and {L} (its letter) instead of the built-in ones; repeatable")
+                    help="a lead-in with {T} (the term), {L} (its letter) and {E} (the list read out up to the term, "
+                         "each judged yes/no) instead of the built-in ones; repeatable")
     args = ap.parse_args()
 
     from omegaconf import OmegaConf
@@ -58,7 +61,7 @@ def main() -> int:
             model.eval()
             enc = proc(text=[describe_prompt(proc, it.instruction, image=False) for it in test], return_tensors="pt",
                        padding=True)
-            gen = model.generate(**enc, max_new_tokens=16, do_sample=False)
+            gen = model.generate(**enc, max_new_tokens=args.max_new_tokens, do_sample=False)
             outs = proc.tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
             model.train()
             term = sum(it.terms[LETTERS.index(it.letter)] in o for it, o in zip(test, outs)) / len(test)

@@ -223,9 +223,9 @@ class LearnerConfig:
 
 @dataclass
 class WeightSyncConfig:
-    # object_store stays the default until bench/bench_push.py has measured shm beside it (docs/performance.md);
-    # auto: shm on a local CPU run, object_store otherwise.
-    backend: SyncBackend = SyncBackend.object_store
+    # auto: shm on a local CPU run (one node; bench/bench_push.py measures it 2.7-11x object_store there,
+    # docs/performance.md), object_store otherwise.
+    backend: SyncBackend = SyncBackend.auto
     every_n_steps: int = 1
     # The largest message or packed buffer of a push: peak extra memory is about one of these.
     # (shm: one load call per bucket; the segment itself holds the model once, for the run.)
