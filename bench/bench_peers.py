@@ -177,6 +177,7 @@ def bench_shape(name: str, args, do_async: bool) -> dict:
             res["trl"] = {"steps": rows, **summary(rows[w:], per_step)}
     if args.trl_only:
         return res
+    ov, res["ours_settings"] = [*ov, *args.ours], list(args.ours)
     ours = run_ours(ov, args.steps, tmp / "ours-sync")
     res["ours_sync"] = {"steps": ours, **summary(ours[w:], per_step)}
     half = max(1, (len(ours) - w) // 2)  # driver overhead early vs late: work that grows with the run shows
@@ -192,7 +193,8 @@ def report(r: dict) -> None:
     s, t, a = r.get("ours_sync"), r.get("trl"), r.get("ours_async")
     cols = ([("ours sync", s)] if s else []) + ([("ours async", a)] if a else []) + ([("TRL 1.16", t)] if t else [])
     print(f"\n== {r['shape']}: {r['job']['prompts']} prompts x G={r['job']['group']}, <={r['job']['tokens']} tokens, "
-          f"median of steps {r['job']['warmup'] + 1}..{r['job']['steps']}")
+          f"median of steps {r['job']['warmup'] + 1}..{r['job']['steps']}"
+          + (f"; ours with {' '.join(r['ours_settings'])}" if r.get("ours_settings") else ""))
     print(f"{'':<22}" + "".join(f"{n:>14}" for n, _ in cols))
     for key, label in (("completions_per_s", "completions/s"), ("time_step", "step s"),
                        ("time_rollout", "  rollout s"), ("time_reward", "  reward s"), ("time_learner", "  learner s"),
@@ -240,6 +242,9 @@ def main() -> int:
     ap.add_argument("--beta", type=float, default=0.04)
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--micro-batch", type=int, default=8)
+    ap.add_argument("--ours", action="append", default=[], metavar="KEY=VALUE",
+                    help="a setting of this project's side only (how it runs, never the job itself), e.g. "
+                         "rollout.cpu_linear=plain; repeatable")
     ap.add_argument("--no-trl", action="store_true", help="this project only")
     ap.add_argument("--trl-only", action="store_true", help="TRL only (a quick check of its side)")
     ap.add_argument("--async-shapes", nargs="*", default=["tiny"], help="shapes also run in async mode")
