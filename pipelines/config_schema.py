@@ -223,9 +223,10 @@ class LearnerConfig:
 
 @dataclass
 class WeightSyncConfig:
-    # auto: shm on a local CPU run (one node; bench/bench_push.py measures it 2.7-11x object_store there,
-    # docs/performance.md), object_store otherwise.
-    backend: SyncBackend = SyncBackend.auto
+    # object_store stays the default: a rollout actor dying during a push is caught up after its restart and
+    # the run goes on, where shm/gloo/nccl stop the run (it resumes from the last checkpoint; bench/chaos.py).
+    # auto: shm on a local CPU run (2-22x faster pushes there, docs/performance.md), object_store otherwise.
+    backend: SyncBackend = SyncBackend.object_store
     every_n_steps: int = 1
     # The largest message or packed buffer of a push: peak extra memory is about one of these.
     # (shm: one load call per bucket; the segment itself holds the model once, for the run.)
