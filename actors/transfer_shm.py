@@ -246,7 +246,8 @@ def _specs(source) -> list[tuple[str, str, tuple[int, ...]]]:
 def _layout(source, bucket_bytes: int) -> shm_segment.Layout:
     specs = _specs(source)
     # vLLM pads vocabulary rows (embeddings, LM heads) to a multiple of this and zero-fills the rest.
-    vocab = {n: DEFAULT_VOCAB_PADDING_SIZE for n, _, _ in specs if n.endswith(("embed_tokens.weight", "lm_head.weight"))}
+    vocab = {n: DEFAULT_VOCAB_PADDING_SIZE for n, _, _ in specs
+             if n.endswith(("embed_tokens.weight", "lm_head.weight"))}
     return shm_segment.plan_layout(specs, layerwise_groups([s[0] for s in specs]), bucket_bytes, vocab)
 
 

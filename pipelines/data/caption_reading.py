@@ -91,7 +91,8 @@ def _listing(item: Captioned, rng: random.Random, phrases: dict[str, list[str]],
     listing = ", ".join(f"{LETTERS[i]}){t}" for i, t in enumerate(terms))
     # {E}: the list read out in order up to the term, each judged ("A)Chest no, B)Head yes"): every step is a
     # copy forward or a yes/no, and the letter to answer is the last one written.
-    walk = ", ".join(f"{LETTERS[i]}){t} {'yes' if t == answer else 'no'}" for i, t in enumerate(terms[:terms.index(answer) + 1]))
+    walk = ", ".join(f"{LETTERS[i]}){t} {'yes' if t == answer else 'no'}"
+                     for i, t in enumerate(terms[:terms.index(answer) + 1]))
     return qtype, tuple(terms), letter, listing, rng.choice(leads).format(T=answer, L=letter, E=walk)
 
 
