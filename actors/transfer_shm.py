@@ -126,10 +126,9 @@ class ShmWeightTransferEngine(WeightTransferEngine[ShmInitInfo, ShmUpdateInfo]):
     def finish_weight_update(self) -> None:
         _layerwise_finish(self.model, self.model_config, self.layerwise)
         if self.recorder is not None:
-            plan = shm_alias.plan_aliases(dict(self.model.named_parameters()), self.recorder.copies,
-                                          self.segment, self.slots)
-            self.aliases = shm_alias.apply_aliases(self.model, plan, self.segment)
             params = dict(self.model.named_parameters())
+            plan = shm_alias.plan_aliases(params, self.recorder.copies, self.segment, self.slots)
+            self.aliases = shm_alias.apply_aliases(self.model, plan, self.segment)
             mb = sum(params[n].numel() * params[n].element_size() for n in self.aliases.params) / 2**20
             log.info("%s: %d of %d parameters (%.1f MiB) now read the shared segment; later pushes skip loading "
                      "%d tensors", SHM, len(self.aliases.params), len(params), mb, len(self.aliases.names))

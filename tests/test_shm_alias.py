@@ -58,12 +58,19 @@ def _tensors(seed: int) -> dict[str, torch.Tensor]:
             "head": torch.randn(3, 16, generator=g), "f16": torch.randn(4, generator=g)}
 
 
-def test_parameters_that_are_one_stretch_of_the_segment_become_views_and_later_writes_reach_them():
+def _probed(order: list[str]):
+    """A Fused model loaded once from a segment laid out in ``order``, under the copy recorder, and the
+    plan that load gives: (model, tensors, segment, layout, plan)."""
     model, t = Fused(), _tensors(0)
-    seg, layout, slots = _segment(t, ["q", "k", "v", "norm", "head", "f16"])
+    seg, layout, slots = _segment(t, order)
     rec = CopyRecorder()
     _load(model, seg, layout, rec)
-    plan = apply_aliases(model, plan_aliases(dict(model.named_parameters()), rec.copies, seg, slots), seg)
+    return model, t, seg, layout, plan_aliases(dict(model.named_parameters()), rec.copies, seg, slots)
+
+
+def test_parameters_that_are_one_stretch_of_the_segment_become_views_and_later_writes_reach_them():
+    model, _, seg, layout, plan = _probed(["q", "k", "v", "norm", "head", "f16"])
+    plan = apply_aliases(model, plan, seg)
     assert set(plan.params) == {"qkv", "norm"}  # head was transposed, half was cast: they keep their memory
     assert plan.names == {"q", "k", "v", "norm"}
     assert still_aliased(model, plan, seg)
@@ -79,11 +86,7 @@ def test_parameters_that_are_one_stretch_of_the_segment_become_views_and_later_w
 
 
 def test_parts_out_of_the_fused_order_or_a_changed_parameter_are_not_aliased():
-    model, t = Fused(), _tensors(0)
-    seg, layout, slots = _segment(t, ["k", "q", "v", "norm", "head", "f16"])  # k before q in the segment
-    rec = CopyRecorder()
-    _load(model, seg, layout, rec)
-    plan = plan_aliases(dict(model.named_parameters()), rec.copies, seg, slots)
+    model, t, seg, _, plan = _probed(["k", "q", "v", "norm", "head", "f16"])  # k before q in the segment
     assert set(plan.params) == {"norm"} and plan.names == {"norm"}
 
     model.norm.data.mul_(2)  # a loader that changed the weight after copying it: the bytes differ
@@ -93,11 +96,8 @@ def test_parts_out_of_the_fused_order_or_a_changed_parameter_are_not_aliased():
 
 
 def test_a_parameter_given_fresh_memory_is_no_longer_aliased():
-    model, t = Fused(), _tensors(0)
-    seg, layout, slots = _segment(t, ["q", "k", "v", "norm", "head", "f16"])
-    rec = CopyRecorder()
-    _load(model, seg, layout, rec)
-    plan = apply_aliases(model, plan_aliases(dict(model.named_parameters()), rec.copies, seg, slots), seg)
+    model, _, seg, _, plan = _probed(["q", "k", "v", "norm", "head", "f16"])
+    plan = apply_aliases(model, plan, seg)
     model.norm.data = model.norm.data.clone()  # e.g. a wake from sleep reallocating the weights
     assert not still_aliased(model, plan, seg)
 
