@@ -32,6 +32,7 @@ from actors.phase_threads import pin
 from actors.sharding import contiguous_shards
 from actors.vllm_engine import RolloutEngine
 from actors.weight_stream import DEFAULT_CHUNK_BYTES
+from actors.weight_sync import NotInWeightGroupError
 from cluster.ray_utils import describe_failure
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class RolloutWorker:
         pin()  # the run's core plan, if any: vLLM's threads are bound inside it (VLLM_CPU_OMP_THREADS_BIND)
         self.engine = RolloutEngine(**engine_kwargs)
         self.weight_version = weight_version
+        self.in_weight_group = False  # joined the learner's current weight group (not after a restart)
         if initial_weights is not None:
             # A restarted or late-joining worker catches up with the learner before it samples.
             self.load_weights(initial_weights, weight_version)
@@ -79,8 +81,11 @@ class RolloutWorker:
     # vLLM's weight-transfer calls, driven by the learner's trainer engine (actors/transfer_client.py)
     def init_weight_transfer_engine(self, init_info: dict) -> None:
         self.engine.init_weight_transfer_engine(init_info)
+        self.in_weight_group = True
 
     def start_weight_update(self) -> list | None:
+        if not self.in_weight_group:
+            raise NotInWeightGroupError(f"was restarted since the weight group was formed (pid {os.getpid()})")
         return self.engine.start_weight_update()
 
     def update_weights(self, update_info) -> None:
@@ -91,6 +96,7 @@ class RolloutWorker:
         self.weight_version = self.engine.weight_version()
 
     def shutdown_weight_transfer_engine(self) -> None:
+        self.in_weight_group = False
         self.engine.shutdown_weight_transfer_engine()
 
     def take_push_parts(self) -> dict[str, float]:

@@ -5,8 +5,9 @@
 - ``RolloutClient``: a vLLM ``VLLMWeightSyncClient`` over the rollout actors. It
   gives each engine its own slot in the transfer group (our R engines are separate
   vLLM instances, not one engine's data-parallel replicas, so vLLM cannot number
-  them), puts a timeout on every call, names the actor that failed, and stamps the
-  weight version when an update finishes.
+  them), puts a timeout on every call, names the actor that failed (``RolloutLostError``
+  with its slot when it died, so the driver can push to the others without it), and
+  stamps the weight version when an update finishes.
 - ``TrainerTransfer``: builds the trainer engine from vLLM's factory for a backend
   and runs one push; the learner rank actor holds one.
 """
@@ -22,7 +23,7 @@ from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactor
 
 from actors import transfer_engines, transfer_shm
 from actors.weight_stream import DEFAULT_CHUNK_BYTES
-from actors.weight_sync import WeightPushError
+from actors.weight_sync import NotInWeightGroupError, RolloutLostError, WeightPushError, root_of
 from cluster.ray_utils import describe_failure
 from learner.policy import exported_parameters
 
@@ -73,7 +74,14 @@ class RolloutClient:
             i = refs[done[0]]
             try:
                 out[i] = ray.get(done[0])
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
+                # Dead or restarting: the driver pushes to the others without it (actors/weight_sync.py).
+                raise RolloutLostError(f"weight push ({self.backend}): rollout-{i} was lost in {step}: "
+                                       f"{describe_failure(e)}", i) from e
             except Exception as e:
+                restarted = root_of(e, NotInWeightGroupError)  # restarted since the group was formed
+                if restarted is not None:
+                    raise RolloutLostError(f"weight push ({self.backend}): rollout-{i} {restarted}", i) from e
                 raise WeightPushError(f"weight push ({self.backend}): rollout-{i} failed in {step}: "
                                       f"{describe_failure(e)}") from e
         return out

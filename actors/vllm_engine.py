@@ -295,6 +295,8 @@ class RolloutEngine:
         return parts
 
     def shutdown_weight_transfer_engine(self) -> None:
+        if any(self.llm.collective_rpc("medr1_close_open_update")):  # left open by a push that failed
+            log.warning("closed a weight update left open by a failed push before releasing the weight group")
         self.llm.shutdown_weight_transfer_engine()
 
     def weight_version(self) -> int:

@@ -24,6 +24,20 @@ class MedR1WorkerExtension:
         return {"params": params, "received": dict(getattr(engine, "received", {}) or {}),
                 "stale_kernels": stale_cpu_kernels(self.model_runner.model)}
 
+    def medr1_close_open_update(self) -> bool:
+        """Close an update that a failed push left open (a rollout actor died mid-push), so the transfer
+        engine can be released and a new group formed. What it loaded is kept; the next push rewrites
+        every weight before this engine samples again (it is pushed to before the next rollout)."""
+        if not getattr(self, "_weight_update_active", False):
+            return False
+        try:
+            self.finish_weight_update()
+        finally:  # even if finishing a partial update failed: the session must not stay open
+            if self._weight_update_active:
+                self._weight_update_active = False
+                self.weight_transfer_engine.reset_weight_update_target()
+        return True
+
     def medr1_shm_skips(self) -> list[str] | None:
         """The tensors this worker's shm engine reads from the segment itself (None: it loads them all)."""
         engine = getattr(self, "weight_transfer_engine", None)

@@ -18,7 +18,10 @@ version); the engines are in ``actors/transfer_engines.py`` (ours) and vLLM:
 After a push the engines' weights can be checked against the learner's
 (``weight_sync.verify``); a mismatch stops the run naming the tensors. A restarted
 rollout actor rejoins: the broadcast group is re-formed (fresh port, old groups shut
-down) and it is verified again. Every wait has ``weight_sync.timeout_s``.
+down) and it is verified again. A rollout actor that dies during a push is left out of
+it on every backend: the push goes on to the others (a broadcast group is re-formed
+without it) and the actor is caught up once Ray has restarted it. Every wait has
+``weight_sync.timeout_s``.
 """
 from __future__ import annotations
 
@@ -38,6 +41,37 @@ _ACTOR_GONE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableErro
 
 class WeightPushError(RuntimeError):
     """A push that did not complete, or did not land (verification)."""
+
+
+class RolloutLostError(WeightPushError):
+    """A rollout actor died (or is restarting) during a push; ``rollout`` is its slot in the push's group."""
+
+    def __init__(self, message: str, rollout: int):
+        super().__init__(message)
+        self.rollout = int(rollout)
+
+    def __reduce__(self):  # raised in a learner actor, caught on the driver: keep the slot
+        return type(self), (str(self), self.rollout)
+
+
+class NotInWeightGroupError(RuntimeError):
+    """Raised by a rollout actor asked to take a push through a weight group it never joined: Ray
+    restarted it since the group was formed (killed between pushes, unnoticed until now)."""
+
+
+def root_of(error: BaseException | None, kind: type):
+    """The exception of type ``kind`` behind ``error`` (through Ray's task wrappers), or None."""
+    seen, found = set(), None
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kind):
+            found = error  # the innermost one: Ray's wrapper also passes for its cause's type
+        seen.add(id(error))
+        error = getattr(error, "cause", None) or error.__cause__
+    return found
+
+
+def lost_rollout(error: BaseException) -> RolloutLostError | None:
+    return root_of(error, RolloutLostError)
 
 
 class WeightSync:
@@ -72,8 +106,8 @@ class WeightSync:
         nbytes = out.get("push_bytes", 0)
         out.update(push_seconds=seconds, push_bytes_per_s=nbytes / seconds if seconds > 0 else 0.0,
                    weight_version=version)
-        if verify:
-            live = [w for i, w in enumerate(workers) if i not in out.get("failed_workers", [])]
+        live = [w for i, w in enumerate(workers) if i not in out.get("failed_workers", [])]
+        if verify and live:  # the ones that failed are verified when they rejoin
             t1 = time.perf_counter()
             self.verify(learners, live, version)
             out.update(weight_verified=1.0, verify_seconds=time.perf_counter() - t1)
@@ -143,45 +177,70 @@ class BroadcastWeightSync(WeightSync):
         super().__init__(**kwargs)
         self.backend = backend
         self._group: list | None = None  # the actors the current transfer group was formed with
+        self._formed = False  # whether that group is usable (a failed collective leaves it not)
 
-    def _form(self, learners, workers: list) -> None:
+    def _form(self, learners, workers: list, lost: tuple = ()) -> None:
         if self._group is not None:
-            # Old groups are shut down on both sides first; a restarted actor has none, which is fine.
+            # Old groups are shut down on both sides first (an engine with an update left open by a failed
+            # push closes it); a restarted actor has none, which is fine; a lost one is not waited for.
             learners.call_all("shutdown_weight_transfer")
             for w in self._group:
+                if any(w is x for x in lost):
+                    continue
                 try:
                     ray.get(w.shutdown_weight_transfer_engine.remote(), timeout=self.timeout_s)
                 except Exception as e:  # noqa: BLE001  (a restarted or dying actor: nothing to release)
                     log.debug("releasing a weight group: %s", describe_failure(e))
+        self._group, self._formed = list(workers), False  # shut down next time even if forming fails
         address = learners.call_rank0("free_address") if self.backend in ("gloo", "nccl") else None
         refs = [w.init_weight_transfer.remote(self.backend, list(workers), address, tp_size=self.tp_size,
                                               dtype=self.dtype, chunk_bytes=self.chunk_bytes, timeout_s=self.timeout_s)
                 for w in learners.workers]
         self._run(refs, "forming the weight group")
-        self._group = list(workers)
+        self._formed = True
 
     def _run(self, refs, what: str):
         try:
             # Longer than the learner's own waits, which name the engine that failed.
             return self._get(refs, what, 2 * self.timeout_s + 30)
         except ray.exceptions.RayTaskError as e:
-            self._group = None  # a failed collective leaves the group unusable: re-form before the next push
+            self._formed = False  # a failed collective leaves the group unusable: re-form before the next push
+            if lost_rollout(e) is not None:
+                raise lost_rollout(e) from e
             raise WeightPushError(f"weight push ({self.backend}) failed while {what}: {describe_failure(e)}") from e
 
     def _push(self, learners, workers: list, version: int) -> dict:
-        if self._group is None or len(self._group) != len(workers) or \
-                any(a is not b for a, b in zip(self._group, workers)):
-            self._form(learners, workers)
-        sent = self._run([w.push_weights.remote(version, self._record) for w in learners.workers],
-                         f"pushing version {version}")
+        """Push to every actor; one that dies meanwhile is dropped, the group re-formed without it and the
+        push run again for the others (its index is returned in ``failed_workers``: caught up later)."""
+        lost: list[int] = []
+        while True:
+            live = [w for i, w in enumerate(workers) if i not in lost]
+            if not live:
+                return {"push_bytes": 0, "push_send_seconds": 0.0, "failed_workers": lost}
+            try:
+                if not self._formed or len(self._group) != len(live) or \
+                        any(a is not b for a, b in zip(self._group, live)):
+                    self._form(learners, live, tuple(w for i, w in enumerate(workers) if i in lost))
+                sent = self._run([w.push_weights.remote(version, self._record) for w in learners.workers],
+                                 f"pushing version {version}")
+                break
+            except RolloutLostError as e:
+                gone = next(i for i, w in enumerate(workers) if w is live[e.rollout])
+                lost.append(gone)
+                log.warning("rollout-%d was lost during the weight push (%s); pushing to the other %d without it",
+                            gone, e, len(live) - 1)
         parts = {f"push_sender_{k}_seconds": v for k, v in sent[0].get("parts", {}).items()}
         if "in_place" in sent[0]:  # shm: tensors every engine reads from the segment itself (not loaded)
             parts["push_in_place_tensors"] = sent[0]["in_place"]
-        return {"push_bytes": sent[0]["bytes"], "push_send_seconds": sent[0]["seconds"], "failed_workers": [], **parts}
+        return {"push_bytes": sent[0]["bytes"], "push_send_seconds": sent[0]["seconds"], "failed_workers": lost,
+                **parts}
 
     def _rejoin(self, learners, workers: list, worker, version: int) -> None:
-        self._group = None  # every engine re-forms the group with the restarted one
-        self._push(learners, workers, version)
+        self._formed = False  # every engine re-forms the group with the restarted one
+        failed = self._push(learners, workers, version)["failed_workers"]
+        if any(workers[i] is worker for i in failed):
+            raise WeightPushError(f"weight push ({self.backend}): a restarted rollout actor failed again while "
+                                  "catching up")
 
 
 def make_weight_sync(backend: str, *, bucket_size_mb: int = 256, timeout_s: float = 600.0, verify: str = "first",

@@ -110,6 +110,10 @@ def test_push_makes_vllm_match_learner(tiny_model_dir, engine, ray_session, lora
                 group.train_step(samples, 4)
         after = vllm_greedy()
         learner = group.greedy_generate(prompt, probe["image"], 8)
+        if in_place:  # an engine that dies before a push is left out and named; the run would catch it up
+            ray.kill(rollout_worker, no_restart=True)
+            stats = sync.push(group, [rollout_worker], version0 + 3)
+            assert stats["failed_workers"] == [0] and stats["push_bytes"] == 0, stats
     finally:
         if shared:  # put the shared engine back on the base weights for the other tests
             from safetensors.torch import load_file

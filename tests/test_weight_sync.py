@@ -164,3 +164,31 @@ def test_kernel_check_finds_a_packed_copy_the_push_left_behind():
     assert stale_cpu_kernels(model) == ["head"]
     packed(model.head)  # what refresh_tied_heads does: repack from the parameter
     assert stale_cpu_kernels(model) == []
+
+
+def test_a_lost_rollout_keeps_its_slot_through_ray_wrappers():
+    """A learner actor raises ``RolloutLostError``; the driver gets it wrapped by Ray and must still find
+    which slot of the push's group was lost (to push to the others without it)."""
+    import pickle
+
+    from ray.exceptions import RayTaskError
+
+    from actors.weight_sync import (NotInWeightGroupError, RolloutLostError, WeightPushError, lost_rollout,
+                                    root_of)
+
+    try:
+        try:
+            raise NotInWeightGroupError("was restarted since the weight group was formed")
+        except NotInWeightGroupError as inner:
+            raise RolloutLostError("weight push (shm): rollout-2 was lost in start_weight_update", 2) from inner
+    except RolloutLostError as e:
+        lost = e
+    copied = pickle.loads(pickle.dumps(lost))  # how it leaves the learner actor
+    assert isinstance(copied, WeightPushError) and copied.rollout == 2 and "rollout-2" in str(copied)
+    wrapped = RayTaskError("LearnerWorker.push_weights", "Traceback ...", copied).as_instanceof_cause()
+    assert isinstance(wrapped, RolloutLostError)  # Ray's wrapper passes for its cause's type ...
+    found = lost_rollout(wrapped)
+    assert found is copied and found.rollout == 2  # ... the slot comes from the cause itself
+    assert root_of(lost, NotInWeightGroupError) is lost.__cause__
+    assert lost_rollout(RayTaskError("f", "tb", ValueError("other")).as_instanceof_cause()) is None
+    assert lost_rollout(WeightPushError("a timeout")) is None
