@@ -223,10 +223,9 @@ class LearnerConfig:
 
 @dataclass
 class WeightSyncConfig:
-    # object_store stays the default: a rollout actor dying during a push is caught up after its restart and
-    # the run goes on, where shm/gloo/nccl stop the run (it resumes from the last checkpoint; bench/chaos.py).
     # auto: shm on a local CPU run (2-22x faster pushes there, docs/performance.md), object_store otherwise.
-    backend: SyncBackend = SyncBackend.object_store
+    # On every backend a rollout actor that dies during a push is left out of it and caught up after its restart.
+    backend: SyncBackend = SyncBackend.auto
     every_n_steps: int = 1
     # The largest message or packed buffer of a push: peak extra memory is about one of these.
     # (shm: one load call per bucket; the segment itself holds the model once, for the run.)

@@ -107,10 +107,8 @@ def test_workable_weight_sync_combinations_accepted(overrides):
 def test_auto_weight_sync_is_shm_on_a_local_cpu_run_only(overrides, resolved, monkeypatch):
     from pipelines.config_checks import sync_backend
 
-    # The default: it survives a rollout actor dying mid-push without stopping the run (bench/chaos.py).
-    assert sync_backend(load_config(None, [])) == "object_store"
-
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert load_config(None, []).weight_sync.backend == "auto"  # the default
     overrides = ["weight_sync.backend=auto", *overrides]  # a later backend= override wins
     assert sync_backend(load_config(None, overrides)) == resolved
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # inside a Ray job: not a local cluster
