@@ -10,17 +10,17 @@ import time
 from dataclasses import asdict
 
 import ray
-from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
+from ray.exceptions import GetTimeoutError
 
 from actors.sharding import contiguous_shards
-from cluster.ray_utils import describe_failure
+from cluster.ray_utils import ACTOR_GONE, describe_failure
 from rewards import combined_scores, get_reward
 
 log = logging.getLogger(__name__)
 
 REWARD_MAX_RESTARTS = 3
 RESTART_WAIT_S = 180.0  # how long a lone reward actor may take to come back before its shard's retry fails
-_ACTOR_FAILURES = (RayActorError, ActorUnavailableError)  # the actor died: not a bug in a reward
+_ACTOR_FAILURES = ACTOR_GONE  # the actor died: not a bug in a reward
 
 
 class RewardWorker:

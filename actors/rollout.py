@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional
 
 import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.exceptions import ActorDiedError
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.phase_threads import pin
@@ -33,11 +33,11 @@ from actors.sharding import contiguous_shards
 from actors.vllm_engine import RolloutEngine
 from actors.weight_stream import DEFAULT_CHUNK_BYTES
 from actors.weight_sync import NotInWeightGroupError
-from cluster.ray_utils import describe_failure
+from cluster.ray_utils import ACTOR_GONE, describe_failure
 
 log = logging.getLogger(__name__)
 
-_ACTOR_FAILURES = (RayActorError, ActorDiedError, ActorUnavailableError)
+_ACTOR_FAILURES = ACTOR_GONE  # ActorDiedError is a RayActorError
 
 
 class RolloutWorker:

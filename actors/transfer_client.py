@@ -23,8 +23,8 @@ from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactor
 
 from actors import transfer_engines, transfer_shm
 from actors.weight_stream import DEFAULT_CHUNK_BYTES
-from actors.weight_sync import NotInWeightGroupError, RolloutLostError, WeightPushError, root_of
-from cluster.ray_utils import describe_failure
+from actors.weight_sync import NotInWeightGroupError, RolloutLostError, WeightPushError
+from cluster.ray_utils import ACTOR_GONE, describe_failure, root_of
 from learner.policy import exported_parameters
 
 
@@ -74,7 +74,7 @@ class RolloutClient:
             i = refs[done[0]]
             try:
                 out[i] = ray.get(done[0])
-            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
+            except ACTOR_GONE as e:
                 # Dead or restarting: the driver pushes to the others without it (actors/weight_sync.py).
                 raise RolloutLostError(f"weight push ({self.backend}): rollout-{i} was lost in {step}: "
                                        f"{describe_failure(e)}", i) from e

@@ -32,12 +32,9 @@ import ray
 
 from actors.weight_stream import DEFAULT_CHUNK_BYTES
 from actors.weight_verify import engine_stats, expected_stats, mismatches
-from cluster.ray_utils import describe_failure
+from cluster.ray_utils import ACTOR_GONE, describe_failure, root_of
 
 log = logging.getLogger(__name__)
-
-_ACTOR_GONE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
-
 
 class WeightPushError(RuntimeError):
     """A push that did not complete, or did not land (verification)."""
@@ -57,17 +54,6 @@ class RolloutLostError(WeightPushError):
 class NotInWeightGroupError(RuntimeError):
     """Raised by a rollout actor asked to take a push through a weight group it never joined: Ray
     restarted it since the group was formed (killed between pushes, unnoticed until now)."""
-
-
-def root_of(error: BaseException | None, kind: type):
-    """The exception of type ``kind`` behind ``error`` (through Ray's task wrappers), or None."""
-    seen, found = set(), None
-    while error is not None and id(error) not in seen:
-        if isinstance(error, kind):
-            found = error  # the innermost one: Ray's wrapper also passes for its cause's type
-        seen.add(id(error))
-        error = getattr(error, "cause", None) or error.__cause__
-    return found
 
 
 def lost_rollout(error: BaseException) -> RolloutLostError | None:
@@ -160,7 +146,7 @@ class ObjectStoreWeightSync(WeightSync):
         for i, r in enumerate(refs):
             try:
                 stats.append(self._get(r, f"rollout-{i} loading"))
-            except _ACTOR_GONE:
+            except ACTOR_GONE:
                 failed.append(i)  # a dying rollout actor: Ray restarts it and the pool catches it up
         return {"push_gather_seconds": gather, "push_bytes": stats[0]["bytes"] if stats else 0,
                 "failed_workers": failed}
@@ -205,8 +191,9 @@ class BroadcastWeightSync(WeightSync):
             return self._get(refs, what, 2 * self.timeout_s + 30)
         except ray.exceptions.RayTaskError as e:
             self._formed = False  # a failed collective leaves the group unusable: re-form before the next push
-            if lost_rollout(e) is not None:
-                raise lost_rollout(e) from e
+            lost = lost_rollout(e)
+            if lost is not None:
+                raise lost from e
             raise WeightPushError(f"weight push ({self.backend}) failed while {what}: {describe_failure(e)}") from e
 
     def _push(self, learners, workers: list, version: int) -> dict:

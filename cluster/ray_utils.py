@@ -6,8 +6,11 @@ import socket
 from typing import Iterable
 
 import ray
-from ray.exceptions import RayTaskError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 from ray.util.placement_group import remove_placement_group
+
+# A call that failed because its actor died or is being restarted (not an error in what it was asked).
+ACTOR_GONE = (RayActorError, ActorUnavailableError)
 
 
 def free_port() -> int:
@@ -62,3 +65,14 @@ def describe_failure(error: BaseException, max_lines: int = 6) -> str:
     if where:
         message += f"\n  raised in {where}; its full traceback is in that worker's log (printed above, and in ray logs)"
     return message
+
+
+def root_of(error: BaseException | None, kind: type):
+    """The exception of type ``kind`` behind ``error`` (through Ray's task wrappers), or None."""
+    seen, found = set(), None
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kind):
+            found = error  # the innermost one: Ray's wrapper also passes for its cause's type
+        seen.add(id(error))
+        error = getattr(error, "cause", None) or error.__cause__
+    return found

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import ray
-from ray.exceptions import ActorUnavailableError, RayActorError
 from rich.console import Console
 from rich.markup import escape
 from tqdm import tqdm
@@ -27,7 +26,7 @@ from transformers import AutoTokenizer
 
 from actors.rollout import wait_restarted
 from actors.sharding import contiguous_shards
-from cluster.ray_utils import describe_failure, kill_quietly
+from cluster.ray_utils import ACTOR_GONE, describe_failure, kill_quietly
 from learner.image_codec import read_image_bytes
 from learner.weights_digest import safetensors_digest
 from pipelines.config import REPO_ROOT, load_config
@@ -45,7 +44,7 @@ from pipelines.tracing.provenance import config_sha256
 
 log = logging.getLogger(__name__)
 MAX_EVAL_REISSUES = 3
-_ACTOR_FAILURES = (RayActorError, ActorUnavailableError)  # the actor died (not an error in a prompt)
+_ACTOR_FAILURES = ACTOR_GONE  # the actor died (not an error in a prompt)
 
 
 # --------------------------------------------------------------------------- pieces
